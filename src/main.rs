@@ -1,0 +1,100 @@
+//! `ferrokube`: one binary for every role of a ferrokube cluster.
+//!
+//! Today it runs the server on its state store (`ferrokube server`) and administers the
+//! store directly (`ferrokube store ...`); the apiserver, agent and tools arrive as their
+//! issues land.
+
+mod server;
+mod store_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// A Kubernetes-compatible cluster whose node dataplane runs in eBPF.
+#[derive(Debug, Parser)]
+#[command(name = "ferrokube", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the control-plane server on its state store.
+    Server(ServerArgs),
+    /// Inspect or change the state store directly (the server must not be running on an
+    /// embedded store: it holds the file).
+    #[command(subcommand)]
+    Store(store_cmd::StoreCommand),
+}
+
+/// Which store to use: the embedded one in `--data-dir`, or etcd with `--datastore`.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Data directory; holds the embedded store unless `--datastore` names etcd.
+    #[arg(long, env = "FERROKUBE_DATA_DIR", default_value = "/var/lib/ferrokube")]
+    pub data_dir: PathBuf,
+    /// `etcd://HOST:PORT[,HOST:PORT...]` to keep cluster state in etcd instead.
+    #[arg(long, env = "FERROKUBE_DATASTORE")]
+    pub datastore: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: std::net::IpAddr,
+    /// Port to listen on (plain HTTP health endpoints until the apiserver lands).
+    #[arg(long, default_value_t = 6443)]
+    pub port: u16,
+    /// How often to compact store history (kept: one interval), e.g. `5m`, `30s`.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub compaction_interval: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("FERROKUBE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Server(args) => server::run(args).await,
+            Command::Store(command) => store_cmd::run(command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Project automation, run as `cargo xtask <command>`:
+//! - `setup`: install what building and testing need on a fresh machine (idempotent);
+//! - `up`: setup, build, and run the server in the foreground on the embedded store;
+//! - `test`: setup, then everything CI runs (fmt, clippy, all test suites);
+//! - `bench store`: the store benchmark, embedded against etcd in one run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install build and test dependencies (apt packages, rustup components).
+    Setup,
+    /// Set up, build and run the server on the embedded store under target/ (Ctrl-C stops).
+    Up {
+        /// Extra arguments for `ferrokube server`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run everything CI runs.
+    Test,
+    /// Run a benchmark and write its JSON under target/bench/.
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Embedded store vs etcd: writes/s, ranges, watch latency.
+    Store {
+        /// Seconds per throughput point.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
+}
+
+/// Debian packages the build and the tests need, with what needs them.
+const APT_PACKAGES: &[(&str, &str)] = &[
+    (
+        "etcd-server",
+        "the etcd backend's tests and benchmarks run a real etcd",
+    ),
+    (
+        "protobuf-compiler",
+        "etcd-client's build script runs protoc",
+    ),
+    (
+        "libprotobuf-dev",
+        "protoc's well-known types for etcd-client's protos",
+    ),
+];
+
+/// Stable-toolchain components CI uses.
+const RUSTUP_COMPONENTS: &[&str] = &["rustfmt", "clippy"];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    eprintln!("+ {command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(root());
+    command
+}
+
+fn apt_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// `apt-get` as root, or through sudo when we are not root.
+fn apt_get(args: &[&str]) -> Command {
+    let mut command = if is_root() {
+        Command::new("apt-get")
+    } else {
+        let mut sudo = Command::new("sudo");
+        sudo.arg("apt-get");
+        sudo
+    };
+    command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+    command
+}
+
+fn setup() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(package, _)| !apt_installed(package))
+        .map(|(package, _)| *package)
+        .collect();
+    if missing.is_empty() {
+        eprintln!("setup: apt packages present");
+    } else {
+        for (package, why) in APT_PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+            eprintln!("setup: installing {package}: {why}");
+        }
+        run(&mut apt_get(&["update", "-q"]))?;
+        let mut install = apt_get(&["install", "-y", "-q", "--no-install-recommends"]);
+        install.args(&missing);
+        run(&mut install)?;
+    }
+    for component in RUSTUP_COMPONENTS {
+        let present = Command::new("rustup")
+            .args(["component", "list", "--installed"])
+            .output()
+            .map(|out| {
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .any(|l| l.starts_with(component))
+            })
+            .unwrap_or(false);
+        if !present {
+            run(Command::new("rustup").args(["component", "add", component]))?;
+        }
+    }
+    Ok(())
+}
+
+fn up(args: &[String]) -> Result<()> {
+    setup()?;
+    let data_dir = root().join("target/ferrokube/data");
+    let mut command = cargo();
+    command
+        .args([
+            "run",
+            "--release",
+            "--bin",
+            "ferrokube",
+            "--",
+            "server",
+            "--data-dir",
+        ])
+        .arg(&data_dir)
+        .args(args);
+    run(&mut command)
+}
+
+fn test() -> Result<()> {
+    setup()?;
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo().args(["test", "--workspace", "--locked"]))?;
+    eprintln!("xtask test: all green");
+    Ok(())
+}
+
+fn bench(which: Bench) -> Result<()> {
+    setup()?;
+    match which {
+        Bench::Store { seconds } => {
+            let out = root().join("target/bench/store.json");
+            let mut command = cargo();
+            command
+                .args([
+                    "bench",
+                    "--locked",
+                    "-p",
+                    "ferrokube-store",
+                    "--bench",
+                    "store",
+                    "--",
+                ])
+                .arg("--out")
+                .arg(&out)
+                .arg("--seconds")
+                .arg(seconds.to_string());
+            run(&mut command)
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Task::Setup => setup(),
+        Task::Up { args } => up(&args),
+        Task::Test => test(),
+        Task::Bench { which } => bench(which),
+    }
+}
