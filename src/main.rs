@@ -1,8 +1,8 @@
 //! `ferrokube`: one binary for every role of a ferrokube cluster.
 //!
-//! Today it runs the server on its state store (`ferrokube server`) and administers the
-//! store directly (`ferrokube store ...`); the apiserver, agent and tools arrive as their
-//! issues land.
+//! Today it runs the API server on its state store (`ferrokube server`), prints the admin
+//! kubeconfig (`ferrokube kubeconfig`) and administers the store directly
+//! (`ferrokube store ...`); the node agent and tools arrive as their issues land.
 
 mod server;
 mod store_cmd;
@@ -30,6 +30,12 @@ enum Command {
     /// embedded store: it holds the file).
     #[command(subcommand)]
     Store(store_cmd::StoreCommand),
+    /// Print the admin kubeconfig the server wrote on its first start.
+    Kubeconfig {
+        /// The server's data directory.
+        #[arg(long, env = "FERROKUBE_DATA_DIR", default_value = "/var/lib/ferrokube")]
+        data_dir: PathBuf,
+    },
 }
 
 /// Which store to use: the embedded one in `--data-dir`, or etcd with `--datastore`.
@@ -50,9 +56,12 @@ pub struct ServerArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: std::net::IpAddr,
-    /// Port to listen on (plain HTTP health endpoints until the apiserver lands).
+    /// HTTPS port of the Kubernetes API.
     #[arg(long, default_value_t = 6443)]
     pub port: u16,
+    /// Interval between BOOKMARK events on watches that allow them.
+    #[arg(long, default_value = "1m", value_parser = parse_duration, hide = true)]
+    pub watch_bookmark_interval: Duration,
     /// How often to compact store history (kept: one interval), e.g. `5m`, `30s`.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub compaction_interval: Duration,
@@ -88,6 +97,18 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Server(args) => server::run(args).await,
             Command::Store(command) => store_cmd::run(command).await,
+            Command::Kubeconfig { data_dir } => {
+                let path = data_dir.join("admin.kubeconfig");
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}: {e} (start `ferrokube server --data-dir {}` once first)",
+                        path.display(),
+                        data_dir.display()
+                    )
+                })?;
+                print!("{text}");
+                Ok(())
+            }
         }
     });
     match result {

