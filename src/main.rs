@@ -59,6 +59,12 @@ pub struct ServerArgs {
     /// HTTPS port of the Kubernetes API.
     #[arg(long, default_value_t = 6443)]
     pub port: u16,
+    /// Range Service ClusterIPs are allocated from.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    pub service_cidr: String,
+    /// Range NodePorts are allocated from.
+    #[arg(long, default_value = "30000-32767")]
+    pub node_port_range: String,
     /// Interval between BOOKMARK events on watches that allow them.
     #[arg(long, default_value = "1m", value_parser = parse_duration, hide = true)]
     pub watch_bookmark_interval: Duration,

@@ -29,6 +29,10 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         bind: args.bind,
         port: args.port,
         bookmark_interval: args.watch_bookmark_interval,
+        ranges: ferrokube_apiserver::alloc::Ranges::parse(
+            &args.service_cidr,
+            &args.node_port_range,
+        )?,
     };
     let server = Server::bind(config, store)
         .await

@@ -431,6 +431,95 @@ fn explain_and_errors(server: Server) -> Result<()> {
     Ok(())
 }
 
+fn services_get_cluster_ips_and_node_ports(server: Server) -> Result<()> {
+    let svc = |name: &str, extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  {extra}\n  ports: [{{port: 80}}]\n"
+        )
+    };
+    apply(&server, &svc("a", "type: ClusterIP"))?;
+    let a = json(&server.ok(&["get", "svc", "a", "-o", "json"])?)?;
+    let ip: std::net::Ipv4Addr = a["spec"]["clusterIP"]
+        .as_str()
+        .context("clusterIP")?
+        .parse()?;
+    let octets = ip.octets();
+    assert!(
+        octets[0] == 10 && (96..112).contains(&octets[1]),
+        "{ip} outside 10.96.0.0/12"
+    );
+    assert_eq!(a["spec"]["clusterIPs"][0], a["spec"]["clusterIP"]);
+    apply(&server, &svc("np", "type: NodePort"))?;
+    let np = json(&server.ok(&["get", "svc", "np", "-o", "json"])?)?;
+    let port = np["spec"]["ports"][0]["nodePort"]
+        .as_i64()
+        .context("nodePort")?;
+    assert!((30000..=32767).contains(&port), "{port}");
+    assert_ne!(np["spec"]["clusterIP"], a["spec"]["clusterIP"]);
+    // The same IP or port asked for again is refused with 422 and nothing is stored.
+    let dup_ip = svc("b", &format!("clusterIP: {ip}"));
+    let out = server.kubectl_stdin(&["apply", "-f", "-"], Some(&dup_ip))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("provided IP is already allocated"),
+        "{err}"
+    );
+    server.fails(&["get", "svc", "b"])?;
+    let dup_port = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: c}}\nspec:\n  type: NodePort\n  ports: [{{port: 80, nodePort: {port}}}]\n"
+    );
+    let out = server.kubectl_stdin(&["apply", "-f", "-"], Some(&dup_port))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("provided port is already allocated"),
+        "{err}"
+    );
+    let outside = svc("d", "clusterIP: 192.168.0.10");
+    let err = String::from_utf8_lossy(
+        &server
+            .kubectl_stdin(&["apply", "-f", "-"], Some(&outside))?
+            .stderr,
+    )
+    .into_owned();
+    assert!(err.contains("not in the valid range"), "{err}");
+    // Deleting releases: the IP and port can be taken again.
+    server.ok(&["delete", "svc", "a", "np"])?;
+    apply(&server, &dup_ip)?;
+    apply(&server, &dup_port)?;
+    assert_eq!(
+        json(&server.ok(&["get", "svc", "b", "-o", "json"])?)?["spec"]["clusterIP"],
+        ip.to_string()
+    );
+    // clusterIP is immutable.
+    let out = server.kubectl(&[
+        "patch",
+        "svc",
+        "b",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"clusterIP":"10.96.9.9"}}"#,
+    ])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("immutable"), "{err}");
+    // Switching to NodePort allocates a port; back to ClusterIP releases it.
+    server.ok(&[
+        "patch",
+        "svc",
+        "b",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"type":"NodePort"}}"#,
+    ])?;
+    let b = json(&server.ok(&["get", "svc", "b", "-o", "json"])?)?;
+    assert!(b["spec"]["ports"][0]["nodePort"].as_i64().is_some());
+    let table = server.ok(&["get", "svc", "b"])?;
+    assert!(
+        table.contains(&format!("{ip}")) && table.contains("80:"),
+        "{table}"
+    );
+    Ok(())
+}
+
 macro_rules! both_backends {
     ($($case:ident),*) => {
         mod embedded {
@@ -448,5 +537,6 @@ both_backends!(
     watch_sees_a_concurrent_change,
     label_annotate_patch_scale_describe,
     delete_wait_and_namespace_deletion,
-    explain_and_errors
+    explain_and_errors,
+    services_get_cluster_ips_and_node_ports
 );

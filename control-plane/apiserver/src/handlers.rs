@@ -30,6 +30,7 @@ pub struct Api {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) server_address: String,
     pub(crate) bookmark_interval: Duration,
+    pub(crate) ranges: crate::alloc::Ranges,
 }
 
 /// A parsed request target.
@@ -589,6 +590,9 @@ impl Api {
         validate::validate(resource, &object).map_err(|r| refusal(resource, &name, r))?;
         self.ensure_namespace(resource, namespace).await?;
         let key = resource.key(namespace, &name);
+        if resource.kind == "Service" {
+            return self.create_service(resource, &key, object, &name).await;
+        }
         let kv = self
             .store
             .create(&key, encode(&object))
@@ -596,6 +600,85 @@ impl Api {
             .map_err(|e| store_error(resource, &name, e))?;
         set_rv(&mut object, kv.mod_revision);
         Ok(object)
+    }
+
+    /// Creates a Service together with its ClusterIP and NodePort keys.
+    async fn create_service(
+        &self,
+        resource: &Resource,
+        key: &str,
+        original: Value,
+        name: &str,
+    ) -> ApiResult<Value> {
+        let requested_ip = original
+            .pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .is_some_and(|ip| !ip.is_empty());
+        let requested_ports: Vec<String> = crate::alloc::held_keys(
+            &json!({"spec": {"ports": original.pointer("/spec/ports").cloned().unwrap_or(Value::Null)}}),
+        );
+        let owner = format!(
+            "{}/{name}",
+            meta_str(&original, "namespace").unwrap_or_default()
+        );
+        for _ in 0..8 {
+            let mut object = original.clone();
+            let keys =
+                crate::alloc::assign(self.store.as_ref(), &self.ranges, &mut object, None, name)
+                    .await?;
+            match crate::alloc::write(
+                self.store.as_ref(),
+                key,
+                encode(&object),
+                0,
+                &keys,
+                &[],
+                &owner,
+            )
+            .await?
+            {
+                Ok(revision) => {
+                    set_rv(&mut object, revision);
+                    return Ok(object);
+                }
+                Err(None) => {
+                    return Err(ApiError::AlreadyExists {
+                        group: String::new(),
+                        plural: "services".into(),
+                        name: name.into(),
+                    });
+                }
+                Err(Some(taken)) if taken.starts_with("/registry/serviceips/") && requested_ip => {
+                    let ip = taken.rsplit('/').next().unwrap_or_default();
+                    return Err(refusal(
+                        resource,
+                        name,
+                        Refusal::Invalid(vec![ferrokube_api::Cause::invalid(
+                            "spec.clusterIPs",
+                            ip,
+                            format!("failed to allocate IP {ip}: provided IP is already allocated"),
+                        )]),
+                    ));
+                }
+                Err(Some(taken)) if requested_ports.contains(&taken) => {
+                    let port = taken.rsplit('/').next().unwrap_or_default();
+                    return Err(refusal(
+                        resource,
+                        name,
+                        Refusal::Invalid(vec![ferrokube_api::Cause::invalid(
+                            "spec.ports[].nodePort",
+                            port,
+                            "provided port is already allocated",
+                        )]),
+                    ));
+                }
+                // A randomly chosen IP or port was taken meanwhile: choose again.
+                Err(Some(_)) => continue,
+            }
+        }
+        Err(ApiError::Unavailable(
+            "could not allocate Service addresses; retry".into(),
+        ))
     }
 
     async fn create(
@@ -722,14 +805,8 @@ impl Api {
             .and_then(Value::as_array)
             .is_none_or(|f| f.is_empty());
         if new.pointer("/metadata/deletionTimestamp").is_some() && finalizers_empty {
-            let kv = self
-                .store
-                .delete(&key, Some(revision))
-                .await
-                .map_err(|e| store_error(resource, name, e))?;
-            let mut gone = new;
-            set_rv(&mut gone, kv.mod_revision);
-            return Ok(gone);
+            self.remove(resource, &key, name, old, revision).await?;
+            return Ok(new);
         }
         let mut stored_meta_rv = new.clone();
         if let Some(m) = stored_meta_rv
@@ -746,6 +823,46 @@ impl Api {
         if old_cmp == stored_meta_rv {
             return Ok(old.clone());
         }
+        if resource.kind == "Service" {
+            let create =
+                crate::alloc::assign(self.store.as_ref(), &self.ranges, &mut new, Some(old), name)
+                    .await?;
+            let now_held = crate::alloc::held_keys(&new);
+            let release: Vec<String> = crate::alloc::held_keys(old)
+                .into_iter()
+                .filter(|k| !now_held.contains(k))
+                .collect();
+            let owner = format!("{}/{name}", namespace.unwrap_or_default());
+            return match crate::alloc::write(
+                self.store.as_ref(),
+                &key,
+                encode(&new),
+                revision,
+                &create,
+                &release,
+                &owner,
+            )
+            .await?
+            {
+                Ok(rev) => {
+                    set_rv(&mut new, rev);
+                    Ok(new)
+                }
+                Err(None) => Err(conflict(resource, name)),
+                Err(Some(taken)) => {
+                    let port = taken.rsplit('/').next().unwrap_or_default().to_string();
+                    Err(refusal(
+                        resource,
+                        name,
+                        Refusal::Invalid(vec![ferrokube_api::Cause::invalid(
+                            "spec.ports[].nodePort",
+                            &port,
+                            "provided port is already allocated",
+                        )]),
+                    ))
+                }
+            };
+        }
         let kv = self
             .store
             .update(&key, encode(&new), revision)
@@ -753,6 +870,30 @@ impl Api {
             .map_err(|e| store_error(resource, name, e))?;
         set_rv(&mut new, kv.mod_revision);
         Ok(new)
+    }
+
+    /// Removes a stored object (and, for a Service, the addresses and ports it holds),
+    /// if it is still at `revision`.
+    async fn remove(
+        &self,
+        resource: &Resource,
+        key: &str,
+        name: &str,
+        current: &Value,
+        revision: i64,
+    ) -> ApiResult<()> {
+        if resource.kind == "Service" {
+            let held = crate::alloc::held_keys(current);
+            if !crate::alloc::delete(self.store.as_ref(), key, revision, &held).await? {
+                return Err(conflict(resource, name));
+            }
+            return Ok(());
+        }
+        self.store
+            .delete(key, Some(revision))
+            .await
+            .map_err(|e| store_error(resource, name, e))?;
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1016,10 +1157,8 @@ impl Api {
             return Ok(marked);
         }
         let key = resource.key(namespace, name);
-        self.store
-            .delete(&key, Some(revision))
-            .await
-            .map_err(|e| store_error(resource, name, e))?;
+        self.remove(resource, &key, name, &current, revision)
+            .await?;
         Ok(current)
     }
 

@@ -5,6 +5,7 @@
 //! The only entry to the cluster: every other component talks to it as an outside
 //! client does.
 
+pub mod alloc;
 pub mod authn;
 mod discovery;
 pub mod handlers;
@@ -61,6 +62,8 @@ pub struct Config {
     pub port: u16,
     /// Interval between BOOKMARK events on watches that ask for them.
     pub bookmark_interval: Duration,
+    /// Service ClusterIP range and NodePort range.
+    pub ranges: alloc::Ranges,
 }
 
 /// A bound, ready-to-serve apiserver.
@@ -92,7 +95,7 @@ impl Server {
         let mut ips: Vec<IpAddr> = vec![
             [127, 0, 0, 1].into(),
             std::net::Ipv6Addr::LOCALHOST.into(),
-            [10, 96, 0, 1].into(),
+            config.ranges.first_ip().into(),
         ];
         if !config.bind.is_unspecified() && !ips.contains(&config.bind) {
             ips.push(config.bind);
@@ -143,6 +146,7 @@ impl Server {
             store,
             server_address: format!("{}:{}", host, addr.port()),
             bookmark_interval: config.bookmark_interval,
+            ranges: config.ranges,
         });
         bootstrap(&api, host).await?;
         Ok(Server {
@@ -287,7 +291,7 @@ async fn bootstrap(api: &Api, host: IpAddr) -> Result<(), ServeError> {
         .ok_or_else(|| ServeError::Bootstrap("no services resource".into()))?;
     let service = json!({
         "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
-        "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.1", "clusterIPs": ["10.96.0.1"], "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
+        "spec": {"type": "ClusterIP", "clusterIP": api.ranges.first_ip().to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
     });
     match api.create_object(services, Some("default"), service).await {
         Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
