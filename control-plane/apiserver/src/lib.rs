@@ -252,14 +252,9 @@ async fn handle(
         }
         _ => {}
     }
-    let limited = http_body_util::Limited::new(body, handlers::MAX_BODY);
-    let bytes = match limited.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
-            return handlers::error_response(&ApiError::TooLarge {
-                limit: handlers::MAX_BODY,
-            });
-        }
+    let bytes = match read_body(body).await {
+        Ok(bytes) => bytes,
+        Err(error) => return handlers::error_response(&error),
     };
     let response = api
         .handle(
@@ -272,6 +267,33 @@ async fn handle(
         .await;
     debug!(method = %parts.method, path, code = response.status().as_u16(), user = identity.map(|i| i.user).unwrap_or_default(), "request");
     response
+}
+
+/// Reads a request body of at most `MAX_BODY` bytes. A larger body is read to its end
+/// (up to a hard cap) and discarded, so the client receives the 413 instead of a reset
+/// connection.
+async fn read_body(mut body: hyper::body::Incoming) -> Result<bytes::Bytes, ApiError> {
+    const DRAIN_CAP: usize = 256 * 1024 * 1024;
+    let mut buffer = bytes::BytesMut::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::BadRequest(format!("reading the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len();
+            if total <= handlers::MAX_BODY {
+                buffer.extend_from_slice(&data);
+            } else if total > DRAIN_CAP {
+                break;
+            }
+        }
+    }
+    if total > handlers::MAX_BODY {
+        return Err(ApiError::TooLarge {
+            limit: handlers::MAX_BODY,
+        });
+    }
+    Ok(buffer.freeze())
 }
 
 /// Creates the namespaces every cluster has and the `default/kubernetes` Service.
