@@ -254,6 +254,20 @@ fn bodies_names_and_collections(server: &Server) -> Result<()> {
         .filter_map(|i| i["metadata"]["name"].as_str())
         .collect();
     assert_eq!(names, ["c"]);
+    let metrics = get(server, "/metrics")?;
+    assert_eq!(metrics.code, 200);
+    for needle in [
+        r#"apiserver_request_total{verb="POST",resource="configmaps",code="201"} 5"#,
+        r#"apiserver_request_total{verb="DELETECOLLECTION",resource="configmaps",code="200"} 1"#,
+        r#"apiserver_request_duration_seconds_bucket{"#,
+        r#"apiserver_storage_request_duration_seconds_count{operation="txn"}"#,
+    ] {
+        assert!(
+            metrics.body.contains(needle),
+            "missing {needle} in\n{}",
+            metrics.body
+        );
+    }
     let version = get(server, "/version")?.json()?;
     assert_eq!(
         (version["major"].as_str(), version["minor"].as_str()),

@@ -31,6 +31,42 @@ pub struct Api {
     pub(crate) server_address: String,
     pub(crate) bookmark_interval: Duration,
     pub(crate) ranges: crate::alloc::Ranges,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// The upstream verb and resource of a request, for metrics.
+pub fn classify(method: &Method, path: &str, query: Option<&str>) -> (&'static str, String) {
+    let watch = parse_query(query)
+        .get("watch")
+        .is_some_and(|w| matches!(w.as_str(), "true" | "1" | "True"));
+    match parse_route(path) {
+        Ok(Route::Collection { resource, .. }) => {
+            let verb = match *method {
+                Method::GET if watch => "WATCH",
+                Method::GET => "LIST",
+                Method::POST => "POST",
+                Method::DELETE => "DELETECOLLECTION",
+                _ => "OTHER",
+            };
+            (verb, resource.plural.to_string())
+        }
+        Ok(Route::Object { resource, sub, .. }) => {
+            let verb = match *method {
+                Method::GET => "GET",
+                Method::PUT => "PUT",
+                Method::PATCH => "PATCH",
+                Method::DELETE => "DELETE",
+                Method::POST => "POST",
+                _ => "OTHER",
+            };
+            let resource = match sub {
+                Some(sub) => format!("{}/{}", resource.plural, sub.name()),
+                None => resource.plural.to_string(),
+            };
+            (verb, resource)
+        }
+        _ => ("GET", String::new()),
+    }
 }
 
 /// A parsed request target.
@@ -1548,7 +1584,9 @@ impl Api {
         };
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(128);
         let bookmark_interval = self.bookmark_interval;
+        let watch_guard = self.metrics.watch_opened(resource.plural);
         tokio::spawn(async move {
+            let _watch_guard = watch_guard;
             let mut store_stream = store_stream;
             let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
             for object in &initial {

@@ -9,6 +9,7 @@ pub mod alloc;
 pub mod authn;
 mod discovery;
 pub mod handlers;
+pub mod metrics;
 mod openapi;
 pub mod pki;
 
@@ -142,8 +143,11 @@ impl Server {
             .map_err(|e| ServeError::Tls(e.to_string()))?;
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let tokens = authn::Tokens::load(&config.data_dir.join("tokens.csv"))?;
+        let metrics = Arc::new(metrics::Metrics::default());
+        let store: Arc<dyn Store> = Arc::new(metrics::MeteredStore::new(store, metrics.clone()));
         let api = Arc::new(Api {
             store,
+            metrics,
             server_address: format!("{}:{}", host, addr.port()),
             bookmark_interval: config.bookmark_interval,
             ranges: config.ranges,
@@ -256,15 +260,27 @@ async fn handle(
         Ok(bytes) => bytes,
         Err(error) => return handlers::error_response(&error),
     };
-    let response = api
-        .handle(
+    let started = std::time::Instant::now();
+    let response = if path == "/metrics" {
+        let mut r = Response::new(Body::from(api.metrics.render()));
+        r.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        r
+    } else {
+        api.handle(
             parts.method.clone(),
             &path,
             parts.uri.query(),
             &parts.headers,
             bytes,
         )
-        .await;
+        .await
+    };
+    let (verb, resource) = handlers::classify(&parts.method, &path, parts.uri.query());
+    api.metrics
+        .request(verb, &resource, response.status().as_u16(), started);
     debug!(method = %parts.method, path, code = response.status().as_u16(), user = identity.map(|i| i.user).unwrap_or_default(), "request");
     response
 }
