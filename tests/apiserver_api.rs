@@ -364,6 +364,64 @@ fn watches(server: &Server) -> Result<()> {
     Ok(())
 }
 
+fn watch_fan_out_uses_one_store_watch(server: &Server) -> Result<()> {
+    let token = token(server)?;
+    let url = server.url("/api/v1/namespaces/default/configmaps?watch=1&timeoutSeconds=4");
+    let watchers: Vec<_> = (0..10)
+        .map(|_| {
+            Command::new("curl")
+                .args([
+                    "-sk",
+                    "-N",
+                    "--max-time",
+                    "20",
+                    "-H",
+                    &format!("Authorization: Bearer {token}"),
+                    &url,
+                ])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    ferrokube_testkit::wait_for(
+        "10 open watches",
+        std::time::Duration::from_secs(20),
+        || {
+            let metrics = get(server, "/metrics")?.body;
+            Ok(metrics
+                .contains(r#"apiserver_registered_watchers{resource="configmaps"} 10"#)
+                .then_some(()))
+        },
+    )?;
+    for name in ["f1", "f2", "f3"] {
+        post(
+            server,
+            "/api/v1/namespaces/default/configmaps",
+            &cm(name, json!({})),
+        )?;
+    }
+    let mut orders = Vec::new();
+    for watcher in watchers {
+        let out = watcher.wait_with_output()?;
+        let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["type"] == "ADDED")
+            .filter_map(|e| e["object"]["metadata"]["name"].as_str().map(str::to_string))
+            .collect();
+        orders.push(names);
+    }
+    for order in &orders {
+        assert_eq!(order, &["f1", "f2", "f3"]);
+    }
+    let metrics = get(server, "/metrics")?.body;
+    assert!(
+        metrics.contains(r#"apiserver_storage_watches_total{resource="configmaps"} 1"#),
+        "{metrics}"
+    );
+    Ok(())
+}
+
 fn with_server(etcd: Option<Etcd>, case: fn(&Server) -> Result<()>) -> Result<()> {
     let server = Server::start_with(
         tempfile::tempdir()?,
@@ -387,5 +445,6 @@ macro_rules! both_backends {
 both_backends!(
     errors_are_status_objects,
     bodies_names_and_collections,
-    watches
+    watches,
+    watch_fan_out_uses_one_store_watch
 );

@@ -32,6 +32,7 @@ pub struct Api {
     pub(crate) bookmark_interval: Duration,
     pub(crate) ranges: crate::alloc::Ranges,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    pub(crate) watch_caches: crate::watchcache::WatchCaches,
 }
 
 /// The upstream verb and resource of a request, for metrics.
@@ -1543,9 +1544,16 @@ impl Api {
             rv.parse()
                 .map_err(|_| ApiError::BadRequest(format!("invalid resource version {rv:?}")))?
         };
+        let metrics = self.metrics.clone();
         let store_stream = self
-            .store
-            .watch(&prefix, start)
+            .watch_caches
+            .watch(
+                &self.store,
+                &resource.key_prefix(None),
+                &prefix,
+                start,
+                || metrics.store_watch_opened(resource.plural),
+            )
             .await
             .map_err(|e| store_error(resource, "", e))?;
         let include = query

@@ -12,6 +12,7 @@ pub mod handlers;
 pub mod metrics;
 mod openapi;
 pub mod pki;
+mod watchcache;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -148,6 +149,7 @@ impl Server {
         let api = Arc::new(Api {
             store,
             metrics,
+            watch_caches: watchcache::WatchCaches::default(),
             server_address: format!("{}:{}", host, addr.port()),
             bookmark_interval: config.bookmark_interval,
             ranges: config.ranges,

@@ -51,6 +51,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<VerbResource, Histogram, fn() -> Histogram>,
     watchers: Family<ResourceLabel, Gauge>,
+    store_watches: Family<ResourceLabel, Counter>,
     store_latency: Family<OperationLabel, Histogram, fn() -> Histogram>,
 }
 
@@ -62,6 +63,7 @@ impl Default for Metrics {
             latency_histogram as fn() -> Histogram,
         );
         let watchers = Family::<ResourceLabel, Gauge>::default();
+        let store_watches = Family::<ResourceLabel, Counter>::default();
         let store_latency =
             Family::<OperationLabel, Histogram, fn() -> Histogram>::new_with_constructor(
                 latency_histogram as fn() -> Histogram,
@@ -82,6 +84,11 @@ impl Default for Metrics {
             watchers.clone(),
         );
         registry.register(
+            "apiserver_storage_watches",
+            "Store watches opened by resource (the watch cache opens one per resource)",
+            store_watches.clone(),
+        );
+        registry.register(
             "apiserver_storage_request_duration_seconds",
             "Store latency by operation",
             store_latency.clone(),
@@ -91,6 +98,7 @@ impl Default for Metrics {
             requests,
             latency,
             watchers,
+            store_watches,
             store_latency,
         }
     }
@@ -124,6 +132,15 @@ impl Metrics {
             metrics: self.clone(),
             labels,
         }
+    }
+
+    /// Counts a store watch opened for `resource`.
+    pub fn store_watch_opened(&self, resource: &str) {
+        self.store_watches
+            .get_or_create(&ResourceLabel {
+                resource: resource.into(),
+            })
+            .inc();
     }
 
     fn store_op(&self, operation: &str, started: Instant) {
