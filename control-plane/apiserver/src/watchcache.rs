@@ -4,8 +4,9 @@
 //! most recent events in a ring for replay, and broadcasts live events. A client watch
 //! from revision N replays the ring after N and then follows the broadcast; a client that
 //! falls behind the broadcast is ended (as upstream ends slow watchers) rather than
-//! slowing the others, and resumes from its last revision. Watches older than the ring
-//! go to the store directly, which answers them or reports them compacted (410).
+//! slowing the others, and resumes from its last revision. Watches older than the ring,
+//! or older than the store's compact revision, go to the store directly, which answers
+//! them or reports them compacted (410).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -90,6 +91,9 @@ impl WatchCaches {
         on_store_watch: impl Fn(),
     ) -> Result<WatchStream, StoreError> {
         let cache = self.cache(store, resource_prefix, &on_store_watch).await?;
+        // History the store has compacted away is gone for cached watches too: such a
+        // watch goes to the store, which reports it compacted (410).
+        let compacted = after + 1 < store.status().await?.compact_revision;
         let served = {
             let cache = lock(&cache);
             // The ring covers (first_missing, latest]; older starts go to the store.
@@ -98,7 +102,7 @@ impl WatchCaches {
                 .front()
                 .map_or(cache.start, |e| e.revision() - 1)
                 .max(cache.start);
-            if after < oldest_covered || cache.failed {
+            if compacted || after < oldest_covered || cache.failed {
                 None
             } else {
                 let replay: Vec<Arc<Event>> = cache
