@@ -44,6 +44,12 @@ enum Bench {
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
     },
+    /// The apiserver on both stores: create, get, list 10k, watch fan-out to 1000.
+    Api {
+        /// Seconds per latency point.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+    },
 }
 
 /// Debian packages the build and the tests need, with what needs them.
@@ -270,6 +276,25 @@ fn bench(which: Bench) -> Result<()> {
                     "ferrokube-store",
                     "--bench",
                     "store",
+                    "--",
+                ])
+                .arg("--out")
+                .arg(&out)
+                .arg("--seconds")
+                .arg(seconds.to_string());
+            run(&mut command)
+        }
+        Bench::Api { seconds } => {
+            let out = root().join("target/bench/api.json");
+            let mut command = cargo();
+            command
+                .args([
+                    "bench",
+                    "--locked",
+                    "-p",
+                    "ferrokube-apiserver",
+                    "--bench",
+                    "api",
                     "--",
                 ])
                 .arg("--out")

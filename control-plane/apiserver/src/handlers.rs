@@ -302,12 +302,53 @@ fn set_rv(object: &mut Value, revision: i64) {
 }
 
 /// The stored form: no resourceVersion (it is the store's mod revision).
+/// The stored form: `metadata` first (so reads can splice the resourceVersion in without
+/// parsing, see [`with_rv`]) and no `resourceVersion`.
 fn encode(object: &Value) -> Bytes {
-    let mut object = object.clone();
-    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.remove("resourceVersion");
+    let mut out = Vec::with_capacity(1024);
+    out.extend_from_slice(b"{\"metadata\":");
+    let mut meta = object.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    if let Some(m) = meta.as_object_mut() {
+        m.remove("resourceVersion");
     }
-    Bytes::from(serde_json::to_vec(&object).unwrap_or_default())
+    out.extend_from_slice(&serde_json::to_vec(&meta).unwrap_or_else(|_| b"{}".to_vec()));
+    if let Some(fields) = object.as_object() {
+        for (key, value) in fields.iter().filter(|(k, _)| k.as_str() != "metadata") {
+            out.push(b',');
+            out.extend_from_slice(&serde_json::to_vec(key).unwrap_or_default());
+            out.push(b':');
+            out.extend_from_slice(&serde_json::to_vec(value).unwrap_or_default());
+        }
+    }
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+/// A stored object with `metadata.resourceVersion` spliced in, without parsing; `None`
+/// when the bytes are not in [`encode`]'s form (written by something else).
+fn with_rv(stored: &[u8], revision: i64) -> Option<Vec<u8>> {
+    const PREFIX: &[u8] = b"{\"metadata\":{";
+    let rest = stored.strip_prefix(PREFIX)?;
+    let field = format!("\"resourceVersion\":\"{revision}\"");
+    let mut out = Vec::with_capacity(stored.len() + field.len() + 1);
+    out.extend_from_slice(PREFIX);
+    out.extend_from_slice(field.as_bytes());
+    if !rest.starts_with(b"}") {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+    Some(out)
+}
+
+/// The JSON of a stored object with its resourceVersion, spliced when possible.
+fn raw_object(stored: &[u8], revision: i64) -> ApiResult<Vec<u8>> {
+    if let Some(out) = with_rv(stored, revision) {
+        return Ok(out);
+    }
+    let mut object: Value = serde_json::from_slice(stored)
+        .map_err(|e| ApiError::Internal(format!("stored object does not decode: {e}")))?;
+    set_rv(&mut object, revision);
+    Ok(serde_json::to_vec(&object).unwrap_or_default())
 }
 
 fn now_rfc3339() -> String {
@@ -1357,42 +1398,7 @@ impl Api {
             None => 0,
         };
         let prefix = resource.key_prefix(namespace);
-        let mut start_after: Option<String> = None;
-        let mut revision: Option<i64> = None;
-        if let Some(token) = query.get("continue").filter(|c| !c.is_empty()) {
-            let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(token)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                .ok_or_else(|| {
-                    ApiError::BadRequest("continue key is not valid: illegal base64 data".into())
-                })?;
-            let rv = decoded
-                .get("rv")
-                .and_then(Value::as_i64)
-                .ok_or_else(|| ApiError::BadRequest("continue key is not valid".into()))?;
-            let start = decoded
-                .get("start")
-                .and_then(Value::as_str)
-                .ok_or_else(|| ApiError::BadRequest("continue key is not valid".into()))?;
-            if !start.starts_with(&prefix) {
-                return Err(ApiError::BadRequest(
-                    "continue key is not valid: does not match the request".into(),
-                ));
-            }
-            start_after = Some(start.to_string());
-            revision = Some(rv);
-        } else if let Some(rv) = query
-            .get("resourceVersion")
-            .filter(|r| !r.is_empty() && *r != "0")
-        {
-            let rv: i64 = rv
-                .parse()
-                .map_err(|_| ApiError::BadRequest(format!("invalid resource version {rv:?}")))?;
-            if query.get("resourceVersionMatch").map(String::as_str) == Some("Exact") {
-                revision = Some(rv);
-            }
-        }
+        let (mut start_after, mut revision) = self.list_position(&prefix, query)?;
         let mut items = Vec::new();
         let mut continue_key = None;
         let mut remaining = None;
@@ -1404,10 +1410,11 @@ impl Api {
             });
             request.start_after = start_after.clone();
             request.revision = revision;
-            let page = self.store.range(request).await.map_err(|e| match e {
-                StoreError::Compacted { .. } if query.contains_key("continue") => ApiError::Expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.".into()),
-                e => store_error(resource, "", e),
-            })?;
+            let page = self
+                .store
+                .range(request)
+                .await
+                .map_err(|e| list_error(resource, query, e))?;
             revision = Some(page.revision);
             let mut consumed: usize = 0;
             for kv in &page.kvs {
@@ -1440,11 +1447,7 @@ impl Api {
             start_after = last_key;
         }
         let revision = revision.unwrap_or_default();
-        let token = continue_key.map(|start| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
-                serde_json::to_vec(&json!({"rv": revision, "start": start})).unwrap_or_default(),
-            )
-        });
+        let token = continue_key.map(|start| continue_token(revision, &start));
         Ok((items, revision, token, remaining))
     }
 
@@ -1455,6 +1458,12 @@ impl Api {
         query: &HashMap<String, String>,
         headers: &HeaderMap,
     ) -> ApiResult<Response> {
+        let selects = ["labelSelector", "fieldSelector"]
+            .iter()
+            .any(|k| query.get(*k).is_some_and(|v| !v.is_empty()));
+        if format(headers) == Format::Json && !selects {
+            return self.list_raw(resource, namespace, query).await;
+        }
         let (items, revision, token, remaining) =
             self.list_items(resource, namespace, query).await?;
         let rv = revision.to_string();
@@ -1488,6 +1497,107 @@ impl Api {
         Ok(json_response(StatusCode::OK, &body))
     }
 
+    /// A list without selectors in JSON: items are spliced from the stored bytes, never
+    /// parsed (the common case for informers and kubectl).
+    async fn list_raw(
+        &self,
+        resource: &'static Resource,
+        namespace: Option<&str>,
+        query: &HashMap<String, String>,
+    ) -> ApiResult<Response> {
+        let limit: usize = match query.get("limit").filter(|l| !l.is_empty()) {
+            Some(l) => l
+                .parse()
+                .map_err(|_| ApiError::BadRequest(format!("invalid limit {l:?}")))?,
+            None => 0,
+        };
+        let prefix = resource.key_prefix(namespace);
+        let (start_after, revision) = self.list_position(&prefix, query)?;
+        let mut request = RangeRequest::prefix(prefix).with_limit(limit);
+        request.start_after = start_after;
+        request.revision = revision;
+        let page = self
+            .store
+            .range(request)
+            .await
+            .map_err(|e| list_error(resource, query, e))?;
+        let mut body =
+            Vec::with_capacity(page.kvs.iter().map(|kv| kv.value.len() + 40).sum::<usize>() + 256);
+        let mut metadata = json!({"resourceVersion": page.revision.to_string()});
+        if page.more
+            && let Some(last) = page.kvs.last()
+        {
+            metadata["continue"] = json!(continue_token(page.revision, &last.key));
+            metadata["remainingItemCount"] = json!(page.count.saturating_sub(page.kvs.len()));
+        }
+        body.extend_from_slice(
+            format!(
+                "{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{},\"items\":[",
+                resource.list_kind(),
+                resource.api_version(),
+                metadata
+            )
+            .as_bytes(),
+        );
+        for (i, kv) in page.kvs.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(&raw_object(&kv.value, kv.mod_revision)?);
+        }
+        body.extend_from_slice(b"]}");
+        Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response())
+    }
+
+    /// Where a list starts: after the continue token's key, at its revision, or at the
+    /// revision `resourceVersion` + `resourceVersionMatch=Exact` name.
+    fn list_position(
+        &self,
+        prefix: &str,
+        query: &HashMap<String, String>,
+    ) -> ApiResult<(Option<String>, Option<i64>)> {
+        if let Some(token) = query.get("continue").filter(|c| !c.is_empty()) {
+            let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(token)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .ok_or_else(|| {
+                    ApiError::BadRequest("continue key is not valid: illegal base64 data".into())
+                })?;
+            let rv = decoded
+                .get("rv")
+                .and_then(Value::as_i64)
+                .ok_or_else(|| ApiError::BadRequest("continue key is not valid".into()))?;
+            let start = decoded
+                .get("start")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::BadRequest("continue key is not valid".into()))?;
+            if !start.starts_with(prefix) {
+                return Err(ApiError::BadRequest(
+                    "continue key is not valid: does not match the request".into(),
+                ));
+            }
+            return Ok((Some(start.to_string()), Some(rv)));
+        }
+        if let Some(rv) = query
+            .get("resourceVersion")
+            .filter(|r| !r.is_empty() && *r != "0")
+        {
+            let rv: i64 = rv
+                .parse()
+                .map_err(|_| ApiError::BadRequest(format!("invalid resource version {rv:?}")))?;
+            if query.get("resourceVersionMatch").map(String::as_str) == Some("Exact") {
+                return Ok((None, Some(rv)));
+            }
+        }
+        Ok((None, None))
+    }
+
     async fn watch(
         &self,
         resource: &'static Resource,
@@ -1497,6 +1607,7 @@ impl Api {
     ) -> ApiResult<Response> {
         let (labels, fields) = Self::selectors(resource, query)?;
         let as_table = format(headers) == Format::Table;
+        let raw = !as_table && labels.is_empty() && fields == FieldSelector::default();
         let bookmarks = matches!(
             query.get("allowWatchBookmarks").map(String::as_str),
             Some("true" | "1")
@@ -1655,6 +1766,26 @@ impl Api {
                     Some(Ok(event)) => event,
                 };
                 last = event.revision();
+                if raw {
+                    // No selectors, JSON: splice the stored bytes, parse nothing.
+                    let (kind, stored) = match (event.kind, &event.prev) {
+                        (EventKind::Put, None) => ("ADDED", &event.kv.value),
+                        (EventKind::Put, Some(_)) => ("MODIFIED", &event.kv.value),
+                        (EventKind::Delete, Some(prev)) => ("DELETED", &prev.value),
+                        (EventKind::Delete, None) => continue,
+                    };
+                    let Ok(object) = raw_object(stored, event.kv.mod_revision) else {
+                        continue;
+                    };
+                    let mut line = Vec::with_capacity(object.len() + 32);
+                    line.extend_from_slice(format!("{{\"type\":\"{kind}\",\"object\":").as_bytes());
+                    line.extend_from_slice(&object);
+                    line.extend_from_slice(b"}\n");
+                    if tx.send(Ok(Bytes::from(line))).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 let matches = |o: &Value| labels.matches_object(o) && fields.matches(o);
                 let decoded = |kv: &KeyValue| serde_json::from_slice::<Value>(&kv.value).ok();
                 let line = match event.kind {
@@ -1783,6 +1914,19 @@ fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
     response
 }
 
+/// The continue token of a list page: the revision and the last key, base64 JSON.
+fn continue_token(revision: i64, last_key: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&json!({"rv": revision, "start": last_key})).unwrap_or_default())
+}
+
+fn list_error(resource: &Resource, query: &HashMap<String, String>, error: StoreError) -> ApiError {
+    match error {
+        StoreError::Compacted { .. } if query.contains_key("continue") => ApiError::Expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.".into()),
+        e => store_error(resource, "", e),
+    }
+}
+
 fn apply_patch(headers: &HeaderMap, current: &Value, body: &[u8]) -> ApiResult<Value> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -1875,6 +2019,29 @@ mod tests {
         assert!(parse_route("/api/v1/namespaces/d/configmaps/c/scale").is_err());
         assert!(parse_route("/api/v1/bogus").is_err());
         assert!(parse_route("/api/v1/pods/x").is_err());
+    }
+
+    #[test]
+    fn stored_objects_take_their_resource_version_without_parsing() {
+        let object = json!({"kind": "ConfigMap", "metadata": {"name": "c", "resourceVersion": "9"}, "data": {"metadata": "x"}});
+        let stored = encode(&object);
+        assert!(stored.starts_with(b"{\"metadata\":{"));
+        let spliced: Value = serde_json::from_slice(&with_rv(&stored, 42).unwrap()).unwrap();
+        let mut want = object.clone();
+        want["metadata"]["resourceVersion"] = json!("42");
+        assert_eq!(spliced, want);
+        let empty: Value =
+            serde_json::from_slice(&with_rv(&encode(&json!({"kind": "X"})), 7).unwrap()).unwrap();
+        assert_eq!(
+            empty,
+            json!({"kind": "X", "metadata": {"resourceVersion": "7"}})
+        );
+        // Bytes in another layout fall back to parsing.
+        assert!(with_rv(br#"{"kind":"X","metadata":{}}"#, 1).is_none());
+        let parsed: Value =
+            serde_json::from_slice(&raw_object(br#"{"kind":"X","metadata":{}}"#, 3).unwrap())
+                .unwrap();
+        assert_eq!(parsed["metadata"]["resourceVersion"], "3");
     }
 
     #[test]

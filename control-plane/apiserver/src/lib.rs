@@ -184,6 +184,8 @@ impl Server {
                     }
                 },
             };
+            // Small request and response frames must not wait for delayed ACKs.
+            let _ = tcp.set_nodelay(true);
             let (tls, api, tokens) = (self.tls.clone(), self.api.clone(), tokens.clone());
             tokio::spawn(async move {
                 let stream = match tls.accept(tcp).await {
