@@ -267,7 +267,8 @@ async fn run_backend(store: Arc<dyn Store>, work: &Path, seconds: f64) -> Result
             async move {
                 let bytes = expect(&a, "GET", "/api/v1/namespaces/list/pods", None, 200).await?;
                 // Count items without parsing 10 MB on the client (that is not the server's cost).
-                let items = bytes.windows(9).filter(|w| *w == b"\"name\":\"l-").count();
+                const NAME: &[u8] = b"\"name\":\"l-";
+                let items = bytes.windows(NAME.len()).filter(|w| *w == NAME).count();
                 anyhow::ensure!(items == LIST_PODS, "list returned {items}");
                 Ok(())
             }
