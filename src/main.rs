@@ -4,6 +4,7 @@
 //! store directly (`ferrokube store ...`); the apiserver, agent and tools arrive as their
 //! issues land.
 
+mod cni_cmd;
 mod server;
 mod store_cmd;
 
@@ -30,6 +31,10 @@ enum Command {
     /// embedded store: it holds the file).
     #[command(subcommand)]
     Store(store_cmd::StoreCommand),
+    /// Pod networking: install the CNI plugin (the binary is the plugin when invoked as
+    /// `ferrokube-cni`).
+    #[command(subcommand)]
+    Cni(cni_cmd::CniCommand),
 }
 
 /// Which store to use: the embedded one in `--data-dir`, or etcd with `--datastore`.
@@ -67,6 +72,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    if cni_cmd::invoked_as_plugin() {
+        return ExitCode::from(u8::try_from(cni_cmd::plugin_main()).unwrap_or(1));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("FERROKUBE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
@@ -88,6 +96,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Server(args) => server::run(args).await,
             Command::Store(command) => store_cmd::run(command).await,
+            Command::Cni(command) => cni_cmd::run(command),
         }
     });
     match result {

@@ -60,6 +60,11 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "libprotobuf-dev",
         "protoc's well-known types for etcd-client's protos",
     ),
+    (
+        "containernetworking-plugins",
+        "the CNI spec tests also run against the reference bridge + host-local plugins, \
+         and `ferrokube cni install` puts the reference loopback plugin first",
+    ),
 ];
 
 /// Stable-toolchain components CI uses.
