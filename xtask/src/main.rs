@@ -2,7 +2,8 @@
 //! - `setup`: install what building and testing need on a fresh machine (idempotent);
 //! - `up`: setup, build, and run the server in the foreground on the embedded store;
 //! - `test`: setup, then everything CI runs (fmt, clippy, all test suites);
-//! - `bench store`: the store benchmark, embedded against etcd in one run.
+//! - `bench store`: the store benchmark, embedded against etcd in one run;
+//! - `bench cni`: pod ADD+DEL through our CNI plugin against the reference plugins.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -43,6 +44,12 @@ enum Bench {
         /// Seconds per throughput point.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
+    },
+    /// CNI plugin: ADD then DEL per pod, p50/p99, ours vs reference bridge + host-local.
+    Cni {
+        /// ADD+DEL rounds per plugin.
+        #[arg(long, default_value_t = 200)]
+        pods: usize,
     },
 }
 
@@ -213,6 +220,25 @@ fn bench(which: Bench) -> Result<()> {
                 .arg(&out)
                 .arg("--seconds")
                 .arg(seconds.to_string());
+            run(&mut command)
+        }
+        Bench::Cni { pods } => {
+            let out = root().join("target/bench/cni.json");
+            let mut command = cargo();
+            command
+                .args([
+                    "bench",
+                    "--locked",
+                    "-p",
+                    "ferrokube",
+                    "--bench",
+                    "cni",
+                    "--",
+                ])
+                .arg("--out")
+                .arg(&out)
+                .arg("--pods")
+                .arg(pods.to_string());
             run(&mut command)
         }
     }

@@ -133,6 +133,9 @@ fn add(env: &Env, conf: &NetConf, ops: &dyn NetOps) -> Result<Value, PluginError
         return Err(PluginError::NoNetns(netns.display().to_string()));
     }
     let ipam = ipam_of(conf);
+    // A repeated ADD (no DEL between) gets the address it holds; a failure must then not
+    // release it from under the running pod.
+    let held_before = ipam.find(&env.container_id, &env.ifname)?.is_some();
     let ip = ipam.allocate(&env.container_id, &env.ifname)?;
     let pod = pod_network(env, conf, ip);
     match ops.setup_pod(&pod) {
@@ -158,7 +161,7 @@ fn add(env: &Env, conf: &NetConf, ops: &dyn NetOps) -> Result<Value, PluginError
             {
                 tracing::warn!("undoing a failed ADD: {undo}");
             }
-            if let Err(undo) = ipam.release(&env.container_id, &env.ifname) {
+            if !held_before && let Err(undo) = ipam.release(&env.container_id, &env.ifname) {
                 tracing::warn!("releasing after a failed ADD: {undo}");
             }
             Err(e.into())
@@ -419,6 +422,32 @@ mod tests {
             code(&case.run(&net, "CHECK", "c1", "/run/netns/p", &check_conf)),
             3
         );
+    }
+
+    #[test]
+    fn repeated_add_keeps_the_running_pods_address() {
+        let case = Case::new();
+        let conf = case.conf(serde_json::json!({}));
+        let net = FakeNet::default();
+        assert_eq!(
+            case.run(&net, "ADD", "c1", "/run/netns/p", &conf).exit_code,
+            0
+        );
+        // The second ADD fails in the kernel (the fake refuses setup, as EEXIST would).
+        let failing = FakeNet {
+            fail_setup: true,
+            ..FakeNet::default()
+        };
+        assert_eq!(
+            code(&case.run(&failing, "ADD", "c1", "/run/netns/p", &conf)),
+            999
+        );
+        let ipam = Ipam::new(
+            case.dir.path(),
+            "10.9.0.0/29".parse().unwrap(),
+            [10, 9, 0, 1].into(),
+        );
+        assert_eq!(ipam.find("c1", "eth0").unwrap(), Some([10, 9, 0, 2].into()));
     }
 
     #[test]
