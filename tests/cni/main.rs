@@ -6,8 +6,10 @@
 //! `spec.rs` holds the cases the specification fixes; they run against our plugin and
 //! against Debian's reference `bridge` + `host-local` plugins, so they encode the spec and
 //! not our implementation. `ours.rs` holds what only our plugin promises (its error
-//! codes, GC, STATUS, the routed layout, install), `nodes.rs` the two-node lab.
+//! codes, GC, STATUS, the routed layout, install), `nodes.rs` the two-node lab,
+//! `containerd.rs` a real caller (containerd's CRI plugin).
 
+mod containerd;
 mod harness;
 mod nodes;
 mod ours;

@@ -72,6 +72,15 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "the CNI spec tests also run against the reference bridge + host-local plugins, \
          and `ferrokube cni install` puts the reference loopback plugin first",
     ),
+    (
+        "containerd",
+        "the CNI end-to-end test runs pod sandboxes through containerd's CRI plugin",
+    ),
+    ("runc", "containerd's runtime in the CNI end-to-end test"),
+    (
+        "busybox-static",
+        "the sandbox image of the CNI end-to-end test is built from static busybox",
+    ),
 ];
 
 /// Stable-toolchain components CI uses.
