@@ -62,11 +62,17 @@ impl Netns {
         command
     }
 
-    /// Sets `net.ipv4.ip_forward` inside the namespace.
+    /// Sets `net.ipv4.ip_forward` inside the namespace (a new namespace starts with it
+    /// off). `/proc/sys/net` shows the namespace of the thread that opens it.
     pub fn enable_forwarding(&self) -> Result<()> {
-        run(self
-            .command("sysctl")
-            .args(["-qw", "net.ipv4.ip_forward=1"]))?;
+        const KNOB: &str = "/proc/sys/net/ipv4/ip_forward";
+        let value = self.run_in(|| {
+            std::fs::write(KNOB, "1").with_context(|| format!("writing {KNOB}"))?;
+            Ok(std::fs::read_to_string(KNOB)?)
+        })?;
+        if value.trim() != "1" {
+            bail!("{KNOB} reads {value:?} after enabling it in {}", self.name);
+        }
         Ok(())
     }
 
