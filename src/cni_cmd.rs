@@ -48,6 +48,9 @@ pub enum CniCommand {
         /// MTU of pod interfaces.
         #[arg(long, default_value_t = 1500)]
         mtu: u32,
+        /// IPAM state directory (default: /var/lib/ferrokube/cni/networks/ferrokube).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -58,6 +61,7 @@ pub fn run(command: CniCommand) -> Result<()> {
             conf_dir,
             pod_cidr,
             mtu,
+            data_dir,
         } => {
             let binary = std::env::current_exe().context("locating the running binary")?;
             let installed = install(&InstallOptions {
@@ -66,6 +70,7 @@ pub fn run(command: CniCommand) -> Result<()> {
                 conf_dir,
                 pod_cidr,
                 mtu,
+                data_dir,
             })?;
             println!("installed {}", installed.plugin.display());
             println!("wrote {}", installed.conflist.display());

@@ -159,14 +159,10 @@ impl Containerd {
             .arg("--bin-dir")
             .arg(&bin_dir)
             .arg("--conf-dir")
-            .arg(&conf_dir))?;
-        // Keep IPAM state inside the test directory.
-        let conflist = conf_dir.join("10-ferrokube.conflist");
-        let mut list: Value = serde_json::from_str(&std::fs::read_to_string(&conflist)?)?;
-        let plugins = list["plugins"].as_array_mut().context("plugins")?;
-        let ours = plugins.last_mut().context("no plugin")?;
-        ours["dataDir"] = json!(ipam);
-        std::fs::write(&conflist, list.to_string())?;
+            .arg(&conf_dir)
+            // Keep IPAM state inside the test directory.
+            .arg("--data-dir")
+            .arg(&ipam))?;
         let config = format!(
             r#"version = 2
 root = "{d}/root"

@@ -229,6 +229,10 @@ fn install_places_plugin_and_conflist() -> Result<()> {
         "{list}"
     );
     ensure!(last["mtu"] == 1450, "{list}");
+    ensure!(
+        last.get("dataDir").is_none(),
+        "no --data-dir, no dataDir: {list}"
+    );
     // Debian's reference plugins are installed by `cargo xtask setup`: loopback first,
     // and the list speaks a version loopback knows (1.0.0 for plugins 1.1).
     ensure!(

@@ -53,6 +53,8 @@ pub struct InstallOptions {
     pub pod_cidr: Ipv4Cidr,
     /// MTU of pod interfaces.
     pub mtu: u32,
+    /// IPAM state directory (`dataDir`); `None` leaves the plugin's default.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// What was installed.
@@ -121,11 +123,15 @@ pub fn install(options: &InstallOptions) -> Result<Installed, InstallError> {
             plugins.push(json!({ "type": "loopback" }));
         }
     }
-    plugins.push(json!({
+    let mut ours = json!({
         "type": "ferrokube-cni",
         "podCIDR": options.pod_cidr.to_string(),
         "mtu": options.mtu,
-    }));
+    });
+    if let Some(dir) = &options.data_dir {
+        ours["dataDir"] = json!(dir);
+    }
+    plugins.push(ours);
     let config = json!({ "cniVersion": version, "name": "ferrokube", "plugins": plugins });
     let conflist = options.conf_dir.join(CONFLIST_NAME);
     let staged = options.conf_dir.join(format!(".{CONFLIST_NAME}.new"));
