@@ -256,3 +256,22 @@ fn install_places_plugin_and_conflist() -> Result<()> {
     ensure!(version["supportedVersions"][2] == "1.1.0", "{version}");
     Ok(())
 }
+
+#[test]
+fn del_succeeds_when_the_netns_path_is_no_namespace() -> Result<()> {
+    // What a runtime leaves when the namespace was unmounted but its file stays.
+    let net = Net::new(Flavor::Ours, "delfile", "10.60.0.0/24")?;
+    let pod = Netns::new("pod")?;
+    let result = net.add("c1", &pod, "1.1.0")?;
+    let host = result["interfaces"][0]["name"]
+        .as_str()
+        .context("host name")?
+        .to_string();
+    let stale = tempfile::NamedTempFile::new()?;
+    net.del("c1", Some(stale.path()), "1.1.0")?;
+    ensure!(net.allocated()?.is_empty(), "address not released");
+    // The host end is removed even though the pod side could not be entered.
+    ensure!(!has_link(&net.node, &host), "host end {host} left");
+    ensure!(!has_link(&pod, "eth0"), "pod side left");
+    Ok(())
+}

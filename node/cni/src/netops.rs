@@ -385,8 +385,12 @@ impl NetOps for Rtnetlink {
                 delete_link_named(&handle, &ifname).await
             }) {
                 Ok(result) => result?,
-                // Gone between the check and the entry: nothing left to remove there.
-                Err(NetnsError::Missing { .. }) => {}
+                // Gone between the check and the entry, or no namespace any more (an
+                // unmounted bind-mount target): nothing left to remove there, and DEL must
+                // still succeed.
+                Err(e @ (NetnsError::Missing { .. } | NetnsError::Enter { .. })) => {
+                    tracing::warn!("skipping the pod side: {e}");
+                }
                 Err(e) => return Err(e.into()),
             }
         }
