@@ -4,6 +4,7 @@
 //! kubeconfig (`ferrokube kubeconfig`) and administers the store directly
 //! (`ferrokube store ...`); the node agent and tools arrive as their issues land.
 
+mod cni_cmd;
 mod server;
 mod store_cmd;
 
@@ -36,6 +37,10 @@ enum Command {
         #[arg(long, env = "FERROKUBE_DATA_DIR", default_value = "/var/lib/ferrokube")]
         data_dir: PathBuf,
     },
+    /// Pod networking: install the CNI plugin (the binary is the plugin when invoked as
+    /// `ferrokube-cni`).
+    #[command(subcommand)]
+    Cni(cni_cmd::CniCommand),
 }
 
 /// Which store to use: the embedded one in `--data-dir`, or etcd with `--datastore`.
@@ -82,6 +87,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    if cni_cmd::invoked_as_plugin() {
+        return ExitCode::from(u8::try_from(cni_cmd::plugin_main()).unwrap_or(1));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("FERROKUBE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
@@ -115,6 +123,7 @@ fn main() -> ExitCode {
                 print!("{text}");
                 Ok(())
             }
+            Command::Cni(command) => cni_cmd::run(command),
         }
     });
     match result {

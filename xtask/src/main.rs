@@ -2,7 +2,9 @@
 //! - `setup`: install what building and testing need on a fresh machine (idempotent);
 //! - `up`: setup, build, and run the server in the foreground on the embedded store;
 //! - `test`: setup, then everything CI runs (fmt, clippy, all test suites);
-//! - `bench store`: the store benchmark, embedded against etcd in one run.
+//! - `bench store`: the store benchmark, embedded against etcd in one run;
+//! - `bench api`: the apiserver on both stores;
+//! - `bench cni`: pod ADD+DEL through our CNI plugin against the reference plugins.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -50,6 +52,12 @@ enum Bench {
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
     },
+    /// CNI plugin: ADD then DEL per pod, p50/p99, ours vs reference bridge + host-local.
+    Cni {
+        /// ADD+DEL rounds per plugin.
+        #[arg(long, default_value_t = 200)]
+        pods: usize,
+    },
 }
 
 /// Debian packages the build and the tests need, with what needs them.
@@ -65,6 +73,24 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     (
         "libprotobuf-dev",
         "protoc's well-known types for etcd-client's protos",
+    ),
+    (
+        "curl",
+        "tests check the HTTPS endpoints as an outside client",
+    ),
+    (
+        "containernetworking-plugins",
+        "the CNI spec tests also run against the reference bridge + host-local plugins, \
+         and `ferrokube cni install` puts the reference loopback plugin first",
+    ),
+    (
+        "containerd",
+        "the CNI end-to-end test runs pod sandboxes through containerd's CRI plugin",
+    ),
+    ("runc", "containerd's runtime in the CNI end-to-end test"),
+    (
+        "busybox-static",
+        "the sandbox image of the CNI end-to-end test is built from static busybox",
     ),
 ];
 
@@ -301,6 +327,25 @@ fn bench(which: Bench) -> Result<()> {
                 .arg(&out)
                 .arg("--seconds")
                 .arg(seconds.to_string());
+            run(&mut command)
+        }
+        Bench::Cni { pods } => {
+            let out = root().join("target/bench/cni.json");
+            let mut command = cargo();
+            command
+                .args([
+                    "bench",
+                    "--locked",
+                    "-p",
+                    "ferrokube",
+                    "--bench",
+                    "cni",
+                    "--",
+                ])
+                .arg("--out")
+                .arg(&out)
+                .arg("--pods")
+                .arg(pods.to_string());
             run(&mut command)
         }
     }

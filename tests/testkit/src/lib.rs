@@ -1,6 +1,7 @@
 //! Test harnesses shared by ferrokube's test suites and benchmarks: real etcd servers
 //! on loopback (free ports, a temporary data dir, stopped and removed on drop), free
-//! ports, deadline-bounded waiting and a minimal HTTP/1.0 GET for health checks.
+//! ports, deadline-bounded waiting, a minimal HTTP/1.0 GET for health checks, and lab
+//! network namespaces ([`netns`]) removed on drop.
 //!
 //! Nothing here is mocked: an [`Etcd`] is Debian's `etcd` binary. A missing binary is a
 //! failure with the command that installs it, never a skip.
@@ -12,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+pub mod netns;
 
 /// Where Debian's `etcd-server` installs the binary.
 pub const ETCD_BIN: &str = "/usr/bin/etcd";

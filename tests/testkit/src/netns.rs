@@ -1,0 +1,138 @@
+//! Lab network namespaces for tests that touch the network.
+//!
+//! A [`Netns`] is a named namespace under `/run/netns` whose name carries the test
+//! process id and a per-process counter (parallel tests never collide); dropping it
+//! deletes it, and with it every interface inside (veth peers included), pass or fail.
+//! Nothing here creates anything in the caller's own namespace.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{Context, Result, bail};
+use nix::sched::CloneFlags;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace created for one test, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `fk<pid>-<n>-<tag>` (`tag` is cut so the name stays short) with `lo` up.
+    pub fn new(tag: &str) -> Result<Netns> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tag: String = tag.chars().take(12).collect();
+        let name = format!("fk{}-{n}-{tag}", std::process::id());
+        run(Command::new("ip").args(["netns", "add", &name])).with_context(|| {
+            format!("creating netns {name} (tests that touch the network need root)")
+        })?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `/run/netns/<name>`.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// Runs `ip -n <name> ARGS...`; fails on a non-zero exit.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let out = run(Command::new("ip").arg("-n").arg(&self.name).args(args))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A command run inside the namespace through `nsenter --net` (which, unlike
+    /// `ip netns exec`, leaves /sys alone).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net={}", self.path().display()))
+            .arg("--")
+            .arg(program);
+        command
+    }
+
+    /// Sets `net.ipv4.ip_forward` inside the namespace (a new namespace starts with it
+    /// off). `/proc/sys/net` shows the namespace of the thread that opens it.
+    pub fn enable_forwarding(&self) -> Result<()> {
+        const KNOB: &str = "/proc/sys/net/ipv4/ip_forward";
+        let value = self.run_in(|| {
+            std::fs::write(KNOB, "1").with_context(|| format!("writing {KNOB}"))?;
+            Ok(std::fs::read_to_string(KNOB)?)
+        })?;
+        if value.trim() != "1" {
+            bail!("{KNOB} reads {value:?} after enabling it in {}", self.name);
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on a new thread that has entered this namespace (sockets it opens live
+    /// there) and returns its result.
+    pub fn run_in<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let path = self.path();
+        std::thread::spawn(move || -> Result<T> {
+            let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("setns {}", path.display()))?;
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in netns panicked"))?
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(e) = run(Command::new("ip").args(["netns", "del", &self.name])) {
+            eprintln!("warning: deleting netns {}: {e:#}", self.name);
+        }
+    }
+}
+
+/// Connects two namespaces with a veth pair (`a_if` in `a`, `b_if` in `b`), created
+/// inside `a` with the peer placed straight into `b`: it never exists in the caller's
+/// namespace.
+pub fn connect(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
+    a.ip(&[
+        "link",
+        "add",
+        a_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
+    ])?;
+    a.ip(&["link", "set", a_if, "up"])?;
+    b.ip(&["link", "set", b_if, "up"])?;
+    Ok(())
+}
+
+fn run(command: &mut Command) -> Result<Output> {
+    let out = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{command:?} failed with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
+}
