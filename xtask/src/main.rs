@@ -288,65 +288,33 @@ fn test() -> Result<()> {
     Ok(())
 }
 
+/// Runs `cargo bench -p PACKAGE --bench NAME -- --out target/bench/NAME.json ARGS...`.
+fn cargo_bench(package: &str, name: &str, args: &[String]) -> Result<()> {
+    let out = root().join(format!("target/bench/{name}.json"));
+    let mut command = cargo();
+    command
+        .args(["bench", "--locked", "-p", package, "--bench", name, "--"])
+        .arg("--out")
+        .arg(&out)
+        .args(args);
+    run(&mut command)
+}
+
 fn bench(which: Bench) -> Result<()> {
     setup()?;
     match which {
-        Bench::Store { seconds } => {
-            let out = root().join("target/bench/store.json");
-            let mut command = cargo();
-            command
-                .args([
-                    "bench",
-                    "--locked",
-                    "-p",
-                    "ferrokube-store",
-                    "--bench",
-                    "store",
-                    "--",
-                ])
-                .arg("--out")
-                .arg(&out)
-                .arg("--seconds")
-                .arg(seconds.to_string());
-            run(&mut command)
-        }
-        Bench::Api { seconds } => {
-            let out = root().join("target/bench/api.json");
-            let mut command = cargo();
-            command
-                .args([
-                    "bench",
-                    "--locked",
-                    "-p",
-                    "ferrokube-apiserver",
-                    "--bench",
-                    "api",
-                    "--",
-                ])
-                .arg("--out")
-                .arg(&out)
-                .arg("--seconds")
-                .arg(seconds.to_string());
-            run(&mut command)
-        }
+        Bench::Store { seconds } => cargo_bench(
+            "ferrokube-store",
+            "store",
+            &["--seconds".into(), seconds.to_string()],
+        ),
+        Bench::Api { seconds } => cargo_bench(
+            "ferrokube-apiserver",
+            "api",
+            &["--seconds".into(), seconds.to_string()],
+        ),
         Bench::Cni { pods } => {
-            let out = root().join("target/bench/cni.json");
-            let mut command = cargo();
-            command
-                .args([
-                    "bench",
-                    "--locked",
-                    "-p",
-                    "ferrokube",
-                    "--bench",
-                    "cni",
-                    "--",
-                ])
-                .arg("--out")
-                .arg(&out)
-                .arg("--pods")
-                .arg(pods.to_string());
-            run(&mut command)
+            cargo_bench("ferrokube", "cni", &["--pods".into(), pods.to_string()])
         }
     }
 }

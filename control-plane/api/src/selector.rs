@@ -182,6 +182,18 @@ fn parse_set(s: &str) -> Option<Vec<String>> {
     )
 }
 
+/// A label map (`matchLabels`, a Service selector) as `k=v,k2=v2`.
+pub fn map_string(map: Option<&Value>) -> String {
+    map.and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
 /// An object's `metadata.labels`.
 pub fn labels_of(object: &Value) -> BTreeMap<String, String> {
     object

@@ -5,6 +5,8 @@ use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
+use crate::selector::map_string;
+
 /// One column definition.
 #[derive(Debug, Clone, Copy)]
 struct Column {
@@ -365,16 +367,7 @@ fn cells(kind: &str, o: &Value, now: SystemTime) -> Vec<Value> {
                     "LoadBalancer" => "<pending>".into(),
                     _ => "<none>".into(),
                 });
-            let selector = o
-                .pointer("/spec/selector")
-                .and_then(Value::as_object)
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .unwrap_or_default();
+            let selector = map_string(o.pointer("/spec/selector"));
             vec![
                 name,
                 json!(s(o, "/spec/type")),
@@ -397,16 +390,7 @@ fn cells(kind: &str, o: &Value, now: SystemTime) -> Vec<Value> {
             age_cell,
             json!(containers("/spec/template/spec/containers", "name")),
             json!(containers("/spec/template/spec/containers", "image")),
-            json!(
-                o.pointer("/spec/selector/matchLabels")
-                    .and_then(Value::as_object)
-                    .map(|m| m
-                        .iter()
-                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                        .collect::<Vec<_>>()
-                        .join(","))
-                    .unwrap_or_default()
-            ),
+            json!(map_string(o.pointer("/spec/selector/matchLabels"))),
         ],
         "ReplicaSet" => vec![
             name,

@@ -727,28 +727,10 @@ impl Api {
                     });
                 }
                 Err(Some(taken)) if taken.starts_with("/registry/serviceips/") && requested_ip => {
-                    let ip = taken.rsplit('/').next().unwrap_or_default();
-                    return Err(refusal(
-                        resource,
-                        name,
-                        Refusal::Invalid(vec![ferrokube_api::Cause::invalid(
-                            "spec.clusterIPs",
-                            ip,
-                            format!("failed to allocate IP {ip}: provided IP is already allocated"),
-                        )]),
-                    ));
+                    return Err(allocation_refused(resource, name, &taken));
                 }
                 Err(Some(taken)) if requested_ports.contains(&taken) => {
-                    let port = taken.rsplit('/').next().unwrap_or_default();
-                    return Err(refusal(
-                        resource,
-                        name,
-                        Refusal::Invalid(vec![ferrokube_api::Cause::invalid(
-                            "spec.ports[].nodePort",
-                            port,
-                            "provided port is already allocated",
-                        )]),
-                    ));
+                    return Err(allocation_refused(resource, name, &taken));
                 }
                 // A randomly chosen IP or port was taken meanwhile: choose again.
                 Err(Some(_)) => continue,
@@ -927,18 +909,7 @@ impl Api {
                     Ok(new)
                 }
                 Err(None) => Err(conflict(resource, name)),
-                Err(Some(taken)) => {
-                    let port = taken.rsplit('/').next().unwrap_or_default().to_string();
-                    Err(refusal(
-                        resource,
-                        name,
-                        Refusal::Invalid(vec![ferrokube_api::Cause::invalid(
-                            "spec.ports[].nodePort",
-                            &port,
-                            "provided port is already allocated",
-                        )]),
-                    ))
-                }
+                Err(Some(taken)) => Err(allocation_refused(resource, name, &taken)),
             };
         }
         let kv = self
@@ -1914,6 +1885,26 @@ fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
     response
 }
 
+/// The 422 for a requested ClusterIP or NodePort another Service holds (`taken` is its
+/// allocation key).
+fn allocation_refused(resource: &Resource, name: &str, taken: &str) -> ApiError {
+    let value = taken.rsplit('/').next().unwrap_or_default();
+    let cause = if taken.starts_with("/registry/serviceips/") {
+        ferrokube_api::Cause::invalid(
+            "spec.clusterIPs",
+            value,
+            format!("failed to allocate IP {value}: provided IP is already allocated"),
+        )
+    } else {
+        ferrokube_api::Cause::invalid(
+            "spec.ports[].nodePort",
+            value,
+            "provided port is already allocated",
+        )
+    };
+    refusal(resource, name, Refusal::Invalid(vec![cause]))
+}
+
 /// The continue token of a list page: the revision and the last key, base64 JSON.
 fn continue_token(revision: i64, last_key: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -1955,16 +1946,8 @@ fn apply_patch(headers: &HeaderMap, current: &Value, body: &[u8]) -> ApiResult<V
 
 /// The autoscaling/v1 Scale view of a workload.
 fn scale_of(object: &Value) -> Value {
-    let selector = object
-        .pointer("/spec/selector/matchLabels")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
+    let selector =
+        ferrokube_api::selector::map_string(object.pointer("/spec/selector/matchLabels"));
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
