@@ -520,6 +520,79 @@ fn services_get_cluster_ips_and_node_ports(server: Server) -> Result<()> {
     Ok(())
 }
 
+fn server_dry_run_and_diff_change_nothing(server: Server) -> Result<()> {
+    apply(&server, APP)?;
+    let before = server.ok(&["get", "-A", "deploy,svc,cm,secret,ns", "-o", "json"])?;
+    let out = server.kubectl_stdin(
+        &["apply", "--dry-run=server", "-f", "-"],
+        Some(&APP.replace("replicas: 2", "replicas: 9")),
+    )?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("deployment.apps/web configured (server dry run)")
+    );
+    let out = server.kubectl_stdin(
+        &["apply", "--dry-run=server", "-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ghost, namespace: demo}\n"),
+    )?;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("configmap/ghost created (server dry run)")
+    );
+    // Invalid objects are still refused in a dry run.
+    let out = server.kubectl_stdin(
+        &["apply", "--dry-run=server", "-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: Bad, namespace: demo}\n"),
+    )?;
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("is invalid"));
+    assert!(
+        server
+            .ok(&["-n", "demo", "delete", "cm", "cfg", "--dry-run=server"])?
+            .contains("(server dry run)")
+    );
+    assert!(
+        server
+            .ok(&["delete", "ns", "demo", "--dry-run=server"])?
+            .contains("(server dry run)")
+    );
+    assert!(
+        server
+            .ok(&[
+                "-n",
+                "demo",
+                "scale",
+                "deploy",
+                "web",
+                "--replicas=7",
+                "--dry-run=server"
+            ])?
+            .contains("(server dry run)")
+    );
+    // kubectl diff: exit 1 with the change shown, nothing stored.
+    let out = server.kubectl_stdin(
+        &["diff", "-f", "-"],
+        Some(&APP.replace("nginx:1.27", "nginx:1.29")),
+    )?;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let diff = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        diff.contains("-      - image: nginx:1.27") && diff.contains("+      - image: nginx:1.29"),
+        "{diff}"
+    );
+    let after = server.ok(&["get", "-A", "deploy,svc,cm,secret,ns", "-o", "json"])?;
+    assert_eq!(before, after, "a dry run changed stored objects");
+    Ok(())
+}
+
 macro_rules! both_backends {
     ($($case:ident),*) => {
         mod embedded {
@@ -538,5 +611,6 @@ both_backends!(
     label_annotate_patch_scale_describe,
     delete_wait_and_namespace_deletion,
     explain_and_errors,
-    services_get_cluster_ips_and_node_ports
+    services_get_cluster_ips_and_node_ports,
+    server_dry_run_and_diff_change_nothing
 );

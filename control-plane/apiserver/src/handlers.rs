@@ -33,6 +33,8 @@ pub struct Api {
     pub(crate) ranges: crate::alloc::Ranges,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     pub(crate) watch_caches: crate::watchcache::WatchCaches,
+    /// Set on the view that serves `dryRun=All` requests (its store never writes).
+    pub(crate) dry_run: bool,
 }
 
 /// The upstream verb and resource of a request, for metrics.
@@ -463,6 +465,51 @@ impl Api {
         }
         let route = parse_route(path)?;
         let validation = field_validation(&query)?;
+        // DELETE carries it in DeleteOptions (`"dryRun": ["All"]`), the other verbs in the query.
+        let in_body = (method == Method::DELETE && !body.is_empty())
+            .then(|| serde_json::from_slice::<Value>(&body).ok())
+            .flatten()
+            .and_then(|o| o.get("dryRun").and_then(Value::as_array).cloned())
+            .and_then(|list| list.first().and_then(Value::as_str).map(str::to_string));
+        let dry_run = in_body.or_else(|| query.get("dryRun").cloned());
+        match dry_run.as_deref() {
+            None | Some("") => {}
+            Some("All") if !self.dry_run && method != Method::GET => {
+                let view = Api {
+                    store: Arc::new(crate::dryrun::DryRunStore::new(self.store.clone())),
+                    server_address: self.server_address.clone(),
+                    bookmark_interval: self.bookmark_interval,
+                    ranges: self.ranges,
+                    metrics: self.metrics.clone(),
+                    watch_caches: Default::default(),
+                    dry_run: true,
+                };
+                return Box::pin(
+                    view.dispatch_route(route, method, &query, headers, body, validation),
+                )
+                .await;
+            }
+            Some("All") => {}
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "unsupported dryRun value {other:?}: only All is supported"
+                )));
+            }
+        }
+        self.dispatch_route(route, method, &query, headers, body, validation)
+            .await
+    }
+
+    async fn dispatch_route(
+        &self,
+        route: Route,
+        method: Method,
+        query: &HashMap<String, String>,
+        headers: &HeaderMap,
+        body: Bytes,
+        validation: FieldValidation,
+    ) -> ApiResult<Response> {
+        let query = query.clone();
         let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
         match (route, method) {
             (Route::Version, Method::GET) => ok(discovery::version()),
@@ -504,9 +551,10 @@ impl Api {
                 let object = parse_body(headers, &body)?;
                 let warnings =
                     validation.enforce(field_problems(resource, headers, Some(&body), &object))?;
-                let response = self
-                    .create(resource, namespace.as_deref(), object, &query)
+                let created = self
+                    .create_object(resource, namespace.as_deref(), object)
                     .await?;
+                let response = json_response(StatusCode::CREATED, &created);
                 Ok(with_warnings(response, &warnings))
             }
             (
@@ -739,20 +787,6 @@ impl Api {
         Err(ApiError::Unavailable(
             "could not allocate Service addresses; retry".into(),
         ))
-    }
-
-    async fn create(
-        &self,
-        resource: &'static Resource,
-        namespace: Option<&str>,
-        object: Value,
-        query: &HashMap<String, String>,
-    ) -> ApiResult<Response> {
-        if query.get("dryRun").is_some_and(|v| v == "All") {
-            return Err(ApiError::BadRequest("dryRun is not supported yet".into()));
-        }
-        let created = self.create_object(resource, namespace, object).await?;
-        Ok(json_response(StatusCode::CREATED, &created))
     }
 
     async fn get_current(

@@ -8,6 +8,7 @@
 pub mod alloc;
 pub mod authn;
 mod discovery;
+mod dryrun;
 pub mod handlers;
 pub mod metrics;
 mod openapi;
@@ -150,6 +151,7 @@ impl Server {
             store,
             metrics,
             watch_caches: watchcache::WatchCaches::default(),
+            dry_run: false,
             server_address: format!("{}:{}", host, addr.port()),
             bookmark_interval: config.bookmark_interval,
             ranges: config.ranges,
