@@ -1072,9 +1072,8 @@ impl Api {
                     &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
                 ))
             }
-            (sub @ (None | Some(Subresource::Status)), Method::GET) => {
+            (None | Some(Subresource::Status), Method::GET) => {
                 let (current, _) = self.get_current(resource, namespace, name).await?;
-                let _ = sub;
                 match format(headers) {
                     Format::Table => ok(&table::table(
                         resource.kind,
