@@ -4,6 +4,7 @@
 //! store directly (`ferrokube store ...`); the apiserver, agent and tools arrive as their
 //! issues land.
 
+mod proxy_cmd;
 mod server;
 mod store_cmd;
 
@@ -30,6 +31,8 @@ enum Command {
     /// embedded store: it holds the file).
     #[command(subcommand)]
     Store(store_cmd::StoreCommand),
+    /// Run the node's eBPF Service proxy (kube-proxy replacement), or inspect it.
+    Proxy(proxy_cmd::ProxyArgs),
 }
 
 /// Which store to use: the embedded one in `--data-dir`, or etcd with `--datastore`.
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Server(args) => server::run(args).await,
             Command::Store(command) => store_cmd::run(command).await,
+            Command::Proxy(args) => proxy_cmd::run(args).await,
         }
     });
     match result {

@@ -2,6 +2,8 @@
 //! on loopback (free ports, a temporary data dir, stopped and removed on drop), free
 //! ports, deadline-bounded waiting and a minimal HTTP/1.0 GET for health checks.
 //!
+//! [`netlab`] builds network namespaces, veths, cgroups and echo servers for dataplane tests.
+//!
 //! Nothing here is mocked: an [`Etcd`] is Debian's `etcd` binary. A missing binary is a
 //! failure with the command that installs it, never a skip.
 
@@ -12,6 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+pub mod netlab;
 
 /// Where Debian's `etcd-server` installs the binary.
 pub const ETCD_BIN: &str = "/usr/bin/etcd";
