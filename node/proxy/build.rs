@@ -7,8 +7,8 @@ use std::process::Command;
 
 fn main() {
     if let Err(e) = build() {
-        // A build script's panic prints the message and fails the build.
-        panic!("{e:#}");
+        // Fails the build with just this message (no panic backtrace).
+        println!("cargo::error={}", format!("{e:#}").replace('\n', " "));
     }
 }
 

@@ -3,7 +3,9 @@
 //!   including the eBPF toolchain: nightly's `rust-src` and bpf-linker in `.tools/`;
 //! - `up`: setup, build, and run the server in the foreground on the embedded store;
 //! - `test`: setup, then everything CI runs (fmt, clippy, all test suites);
-//! - `bench store`: the store benchmark, embedded against etcd in one run.
+//! - `bench store`: the store benchmark, embedded against etcd in one run;
+//! - `bench dataplane`: Service programming time, ferrokube's maps against kube-proxy's
+//!   iptables layout (needs root).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,6 +46,12 @@ enum Bench {
         /// Seconds per throughput point.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
+    },
+    /// Time to program N Services (and one change): eBPF maps vs iptables-restore.
+    Dataplane {
+        /// Service counts, comma-separated.
+        #[arg(long, default_value = "1,1000,10000,30000")]
+        sizes: String,
     },
 }
 
@@ -340,6 +348,24 @@ fn bench(which: Bench) -> Result<()> {
                 .arg(&out)
                 .arg("--seconds")
                 .arg(seconds.to_string());
+            run(&mut command)
+        }
+        Bench::Dataplane { sizes } => {
+            let out = root().join("target/bench/dataplane.json");
+            let mut command = cargo();
+            command
+                .args([
+                    "bench",
+                    "--locked",
+                    "-p",
+                    "ferrokube-proxy",
+                    "--bench",
+                    "dataplane",
+                    "--",
+                ])
+                .arg("--out")
+                .arg(&out)
+                .args(["--sizes", &sizes]);
             run(&mut command)
         }
     }

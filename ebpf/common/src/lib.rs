@@ -13,11 +13,13 @@
 // no padding, which the `#[repr(C)]` layouts below guarantee (checked by the size asserts).
 #![cfg_attr(feature = "user", allow(unsafe_code))]
 
+pub mod affinity;
 pub mod backend;
 pub mod revnat;
 pub mod service;
 pub mod stats;
 
+pub use affinity::{AffinityKey, AffinityValue};
 pub use backend::{Backend, SlotKey};
 pub use revnat::{RevNatKey, RevNatValue};
 pub use service::{ServiceKey, ServiceValue};
@@ -42,6 +44,8 @@ pub mod map_names {
     pub const BACKENDS: &str = "FK_BACKENDS";
     /// Per-socket reverse NAT: [`crate::RevNatKey`] -> [`crate::RevNatValue`] (LRU).
     pub const REVNAT: &str = "FK_REVNAT";
+    /// Session affinity: [`crate::AffinityKey`] -> [`crate::AffinityValue`] (LRU).
+    pub const AFFINITY: &str = "FK_AFFINITY";
     /// Per-Service counters, per CPU, indexed by service id.
     pub const SERVICE_STATS: &str = "FK_SVC_STATS";
     /// Per-backend counters, per CPU, indexed by backend id.
@@ -70,4 +74,6 @@ pub mod sizes {
     pub const MAX_SLOTS: u32 = 1_000_000;
     /// Sockets remembered for reverse translation.
     pub const MAX_REVNAT: u32 = 262_144;
+    /// (client, Service) pairs remembered for session affinity.
+    pub const MAX_AFFINITY: u32 = 262_144;
 }

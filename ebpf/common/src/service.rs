@@ -35,12 +35,14 @@ pub struct ServiceValue {
     pub service_id: u32,
     /// Number of backend slots `0..count`; zero means "refuse new connections".
     pub count: u32,
-    /// Reserved for features (session affinity, traffic policy); zero today.
+    /// Session affinity timeout in seconds; zero means none (random per connection).
+    pub affinity_timeout: u32,
+    /// Reserved for features (traffic policy, Maglev); zero today.
     pub flags: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
-const _: () = assert!(core::mem::size_of::<ServiceValue>() == 12);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ServiceKey {}

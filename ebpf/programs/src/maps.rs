@@ -5,7 +5,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use ferrokube_ebpf_common::{
-    Backend, Counters, RevNatKey, RevNatValue, ServiceKey, ServiceValue, SlotKey, sizes,
+    AffinityKey, AffinityValue, Backend, Counters, RevNatKey, RevNatValue, ServiceKey,
+    ServiceValue, SlotKey, sizes,
 };
 
 #[map(name = "FK_SERVICES")]
@@ -19,6 +20,10 @@ pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(sizes::MAX_BACKENDS
 
 #[map(name = "FK_REVNAT")]
 pub static REVNAT: LruHashMap<RevNatKey, RevNatValue> = LruHashMap::pinned(sizes::MAX_REVNAT, 0);
+
+#[map(name = "FK_AFFINITY")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::pinned(sizes::MAX_AFFINITY, 0);
 
 #[map(name = "FK_SVC_STATS")]
 pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(sizes::MAX_SERVICES + 1, 0);

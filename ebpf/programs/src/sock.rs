@@ -2,16 +2,20 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::generated::{bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
+    helpers::generated::{
+        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        bpf_set_retval,
+    },
     macros::cgroup_sock_addr,
     maps::PerCpuArray,
     programs::SockAddrContext,
 };
 use ferrokube_ebpf_common::{
-    Counters, FAMILY_V4, PROTO_TCP, PROTO_UDP, RevNatKey, RevNatValue, ServiceKey, SlotKey,
+    AffinityKey, AffinityValue, Counters, FAMILY_V4, PROTO_TCP, PROTO_UDP, RevNatKey, RevNatValue,
+    ServiceKey, SlotKey,
 };
 
-use crate::maps::{BACKEND_STATS, BACKENDS, REVNAT, SERVICE_STATS, SERVICES, SLOTS};
+use crate::maps::{AFFINITY, BACKEND_STATS, BACKENDS, REVNAT, SERVICE_STATS, SERVICES, SLOTS};
 
 /// Hook verdicts.
 const ALLOW: i32 = 1;
@@ -76,14 +80,7 @@ fn try_translate4(ctx: &SockAddrContext) -> Verdict {
     if service.count == 0 {
         return Verdict::Refuse(service.service_id);
     }
-    // SAFETY: helper without arguments.
-    let slot = unsafe { bpf_get_prandom_u32() } % service.count;
-    let slot_key = SlotKey {
-        service_id: service.service_id,
-        slot,
-    };
-    // SAFETY: as above, copied at once.
-    let Some(backend_id) = (unsafe { SLOTS.get(&slot_key) }).copied() else {
+    let Some(backend_id) = pick_backend(ctx, &service) else {
         return Verdict::Refuse(service.service_id);
     };
     // SAFETY: as above, copied at once.
@@ -115,6 +112,59 @@ fn try_translate4(ctx: &SockAddrContext) -> Verdict {
     count(&SERVICE_STATS, service.service_id, true);
     count(&BACKEND_STATS, backend_id, true);
     Verdict::Pass
+}
+
+/// A backend id for `service` (count > 0): the client's previous one while affinity holds,
+/// else a random slot's.
+fn pick_backend(
+    ctx: &SockAddrContext,
+    service: &ferrokube_ebpf_common::ServiceValue,
+) -> Option<u32> {
+    let slot_of = |slot: u32| {
+        let key = SlotKey {
+            service_id: service.service_id,
+            slot,
+        };
+        // SAFETY: copied at once; the user side replaces slots, never edits them in place.
+        unsafe { SLOTS.get(&key) }.copied()
+    };
+    if service.affinity_timeout == 0 {
+        // SAFETY: helper without arguments.
+        let slot = unsafe { bpf_get_prandom_u32() } % service.count;
+        return slot_of(slot);
+    }
+    // SAFETY: helpers on the hook's own context.
+    let (now, netns_cookie) = unsafe { (bpf_ktime_get_ns(), bpf_get_netns_cookie(ctx.as_ptr())) };
+    let key = AffinityKey {
+        netns_cookie,
+        service_id: service.service_id,
+        pad: 0,
+    };
+    let timeout_ns = u64::from(service.affinity_timeout) * 1_000_000_000;
+    // SAFETY: copied at once.
+    if let Some(previous) = unsafe { AFFINITY.get(&key) }.copied()
+        && now.wrapping_sub(previous.last_used_ns) <= timeout_ns
+        && previous.slot < service.count
+        && slot_of(previous.slot) == Some(previous.backend_id)
+    {
+        let value = AffinityValue {
+            last_used_ns: now,
+            ..previous
+        };
+        let _ = AFFINITY.insert(&key, &value, 0);
+        return Some(previous.backend_id);
+    }
+    // SAFETY: helper without arguments.
+    let slot = unsafe { bpf_get_prandom_u32() } % service.count;
+    let backend_id = slot_of(slot)?;
+    let value = AffinityValue {
+        backend_id,
+        slot,
+        last_used_ns: now,
+    };
+    // A full LRU evicts the oldest client; failing here only loses stickiness.
+    let _ = AFFINITY.insert(&key, &value, 0);
+    Some(backend_id)
 }
 
 fn reverse4(ctx: &SockAddrContext) {

@@ -47,6 +47,8 @@ pub struct FrontendReport {
     pub service_id: u32,
     /// Its counters.
     pub counters: Counters,
+    /// Session affinity timeout in seconds (zero: none).
+    pub affinity_timeout: u32,
     /// Its backends in slot order.
     pub backends: Vec<BackendReport>,
 }
@@ -111,6 +113,7 @@ pub fn report(maps: &impl MapOps) -> Result<Vec<FrontendReport>, MapsError> {
             frontend,
             service_id: value.service_id,
             counters: maps.service_counters(value.service_id)?,
+            affinity_timeout: value.affinity_timeout,
             backends: list,
         });
     }
@@ -131,11 +134,16 @@ pub fn render(reports: &[NodeReport]) -> String {
         for f in &node.frontends {
             let _ = writeln!(
                 out,
-                "  {:<28} id {:<6} translated {:<8} refused {}{}",
+                "  {:<28} id {:<6} translated {:<8} refused {}{}{}",
                 f.frontend.to_string(),
                 f.service_id,
                 f.counters.translations,
                 f.counters.refused,
+                if f.affinity_timeout > 0 {
+                    format!("  affinity ClientIP {}s", f.affinity_timeout)
+                } else {
+                    String::new()
+                },
                 if f.backends.is_empty() {
                     "  (no backends: refuses)"
                 } else {

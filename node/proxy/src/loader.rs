@@ -85,6 +85,8 @@ pub struct Sizes {
     pub slots: u32,
     /// Sockets remembered for reverse translation.
     pub revnat: u32,
+    /// (client, Service) pairs remembered for session affinity.
+    pub affinity: u32,
 }
 
 impl Default for Sizes {
@@ -94,6 +96,7 @@ impl Default for Sizes {
             backends: sizes::MAX_BACKENDS,
             slots: sizes::MAX_SLOTS,
             revnat: sizes::MAX_REVNAT,
+            affinity: sizes::MAX_AFFINITY,
         }
     }
 }
@@ -150,6 +153,7 @@ impl Dataplane {
             .map_max_entries(map_names::SLOTS, sizes.slots)
             .map_max_entries(map_names::BACKENDS, sizes.backends)
             .map_max_entries(map_names::REVNAT, sizes.revnat)
+            .map_max_entries(map_names::AFFINITY, sizes.affinity)
             .map_max_entries(map_names::SERVICE_STATS, sizes.services + 1)
             .map_max_entries(map_names::BACKEND_STATS, sizes.backends + 1)
             .load(OBJECT)?;

@@ -123,8 +123,20 @@ impl std::fmt::Display for ObjectRef {
     }
 }
 
-/// Desired backends per frontend.
-pub type Desired = BTreeMap<Frontend, BTreeSet<BackendAddr>>;
+/// What one frontend should do.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FrontendSpec {
+    /// Its backends (empty: refuse new connections).
+    pub backends: BTreeSet<BackendAddr>,
+    /// `sessionAffinity: ClientIP` timeout in seconds; zero for none.
+    pub affinity_timeout: u32,
+}
+
+/// Desired state per frontend.
+pub type Desired = BTreeMap<Frontend, FrontendSpec>;
+
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 
 /// The frontends of one Service with their backends, from the slices that belong to it.
 pub fn service_frontends<'a>(
@@ -141,6 +153,17 @@ pub fn service_frontends<'a>(
     }
     let svc = ObjectRef::of(&service.metadata);
     let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let affinity_timeout = if spec.session_affinity.as_deref() == Some("ClientIP") {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|t| *t > 0)
+            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
+    } else {
+        0
+    };
 
     let mut cluster_ips: Vec<&str> = spec
         .cluster_ips
@@ -198,9 +221,9 @@ pub fn service_frontends<'a>(
                 proto,
             };
             let backends = if *node_local { &local } else { &all };
-            out.entry(frontend)
-                .or_default()
-                .extend(backends.iter().copied());
+            let entry = out.entry(frontend).or_default();
+            entry.backends.extend(backends.iter().copied());
+            entry.affinity_timeout = affinity_timeout;
         }
     }
     out

@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use ferrokube_proxy::sync::{ApplyStats, Input};
@@ -31,7 +30,8 @@ impl Drop for Pins {
 /// Fields drop in order: agent, pins, cgroup, servers, lab.
 struct Harness {
     agent: Option<Agent>,
-    pins: Pins,
+    /// Held for its `Drop`.
+    _pins: Pins,
     cgroup: TestCgroup,
     servers: EchoServers,
     lab: Lab,
@@ -50,6 +50,7 @@ impl Harness {
             backends: 256,
             slots: 1024,
             revnat: 1024,
+            affinity: 1024,
         };
         let pins = Pins {
             bpffs: config.bpffs.clone(),
@@ -58,7 +59,7 @@ impl Harness {
         let agent = Some(Agent::start(&config)?);
         Ok(Self {
             agent,
-            pins,
+            _pins: pins,
             cgroup,
             servers,
             lab,
@@ -363,8 +364,6 @@ fn restart_adopts_pinned_programs_and_maps_without_a_gap() -> Result<()> {
     let gone = h.probe("tcp", "10.96.0.10:80", 1)?;
     assert!(matches!(gone.as_slice(), [Outcome::Err(_)]), "{gone:?}");
     assert!(!pin_dir_exists(&h.config.bpffs, &h.config.node));
-    let _ = &h.pins;
-    let _ = Duration::ZERO;
     Ok(())
 }
 
@@ -372,4 +371,66 @@ fn pin_dir_exists(bpffs: &Path, node: &str) -> bool {
     bpffs::pin_dir(bpffs, node)
         .map(|d| d.exists())
         .unwrap_or(false)
+}
+
+fn sticky_yaml(ready: &[String], terminating: &[String]) -> String {
+    let mut endpoints: String = ready
+        .iter()
+        .map(|ip| format!("- addresses: [{ip}]\n"))
+        .collect();
+    for ip in terminating {
+        endpoints.push_str(&format!(
+            "- addresses: [{ip}]\n  conditions: {{ready: false, serving: true, terminating: true}}\n"
+        ));
+    }
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: sticky, namespace: default}}
+spec:
+  clusterIP: 10.96.0.30
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {{clientIP: {{timeoutSeconds: 600}}}}
+  ports: [{{port: 80, targetPort: {PORT}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: sticky-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: sticky}}
+addressType: IPv4
+ports: [{{port: {PORT}, protocol: TCP}}]
+endpoints:
+{endpoints}"#
+    )
+}
+
+#[test]
+fn client_ip_affinity_sticks_until_the_backend_goes() -> Result<()> {
+    let mut h = Harness::new(3)?;
+    let pods: Vec<String> = (0..3).map(|i| h.pod(i)).collect();
+    h.apply_yaml(&sticky_yaml(&pods, &[]))?;
+    let first = replies(&h.probe("tcp", "10.96.0.30:80", 20)?, "10.96.0.30:80")?;
+    assert_eq!(first.len(), 1, "one client, one backend: {first:?}");
+    // Affinity outlives the probe process: the client is its network namespace.
+    let again = replies(&h.probe("tcp", "10.96.0.30:80", 20)?, "10.96.0.30:80")?;
+    assert_eq!(again, first);
+
+    // The chosen backend starts terminating: new connections move, and stick again.
+    let chosen = first.iter().next().cloned().context("a backend")?;
+    let rest: Vec<String> = pods.iter().filter(|p| **p != chosen).cloned().collect();
+    h.apply_yaml(&sticky_yaml(&rest, std::slice::from_ref(&chosen)))?;
+    let moved = replies(&h.probe("tcp", "10.96.0.30:80", 20)?, "10.96.0.30:80")?;
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert!(
+        !moved.contains(&chosen),
+        "terminating backend got a new connection"
+    );
+
+    // Only terminating endpoints left: they serve (Kubernetes' terminating fallback).
+    h.apply_yaml(&sticky_yaml(&[], std::slice::from_ref(&chosen)))?;
+    let fallback = replies(&h.probe("tcp", "10.96.0.30:80", 5)?, "10.96.0.30:80")?;
+    assert_eq!(fallback, BTreeSet::from([chosen]));
+    Ok(())
 }

@@ -19,7 +19,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tracing::{debug, warn};
 
 use crate::maps::{MapOps, MapsError};
-use crate::model::{BackendAddr, Change, Desired, Frontend, Objects};
+use crate::model::{BackendAddr, Change, Desired, Frontend, FrontendSpec, Objects};
 
 /// Errors applying desired state.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +142,7 @@ impl Ids {
 struct Applied {
     service_id: u32,
     slots: Vec<u32>,
+    affinity_timeout: u32,
 }
 
 /// Map sizes the sync layer allocates ids within.
@@ -233,6 +234,7 @@ impl<M: MapOps> Syncer<M> {
                 Applied {
                     service_id: value.service_id,
                     slots: list,
+                    affinity_timeout: value.affinity_timeout,
                 },
             );
         }
@@ -342,7 +344,7 @@ impl<M: MapOps> Syncer<M> {
         let mut stats = ApplyStats::default();
         for frontend in frontends {
             let result = match self.desired.get(&frontend).cloned() {
-                Some(backends) => self.upsert(frontend, &backends),
+                Some(spec) => self.upsert(frontend, &spec),
                 None => self.remove(frontend),
             };
             stats.add(result?);
@@ -385,14 +387,10 @@ impl<M: MapOps> Syncer<M> {
         Ok(())
     }
 
-    fn upsert(
-        &mut self,
-        frontend: Frontend,
-        backends: &BTreeSet<BackendAddr>,
-    ) -> Result<ApplyStats, SyncError> {
+    fn upsert(&mut self, frontend: Frontend, spec: &FrontendSpec) -> Result<ApplyStats, SyncError> {
         let mut stats = ApplyStats::default();
         let mut want = BTreeSet::new();
-        for addr in backends {
+        for addr in &spec.backends {
             want.insert(self.backend_id(*addr, &mut stats)?);
         }
         let existing = self.applied.get(&frontend).cloned();
@@ -409,7 +407,8 @@ impl<M: MapOps> Syncer<M> {
                 (id, true)
             }
         };
-        if !is_new && old_slots == new_slots {
+        let old_affinity = existing.as_ref().map(|a| a.affinity_timeout).unwrap_or(0);
+        if !is_new && old_slots == new_slots && old_affinity == spec.affinity_timeout {
             // Nothing changed; the backend ids were all known.
             return Ok(stats);
         }
@@ -431,12 +430,13 @@ impl<M: MapOps> Syncer<M> {
                 stats.slot_writes += 1;
             }
         }
-        if is_new || old_slots.len() != new_slots.len() {
+        if is_new || old_slots.len() != new_slots.len() || old_affinity != spec.affinity_timeout {
             self.maps.put_service(
                 &frontend.key(),
                 &ServiceValue {
                     service_id,
                     count: new_slots.len() as u32,
+                    affinity_timeout: spec.affinity_timeout,
                     flags: 0,
                 },
             )?;
@@ -454,6 +454,7 @@ impl<M: MapOps> Syncer<M> {
             Applied {
                 service_id,
                 slots: new_slots,
+                affinity_timeout: spec.affinity_timeout,
             },
         );
         self.release_backends(old_slots, &mut stats)?;

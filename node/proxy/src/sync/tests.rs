@@ -300,7 +300,10 @@ fn terminating_endpoints_serve_only_when_nothing_is_ready() {
         endpoint("10.0.0.2", false, true, "node-b"),
     ]);
     let ips = |d: &crate::model::Desired| -> Vec<String> {
-        d.values().flatten().map(|b| b.ip.to_string()).collect()
+        d.values()
+            .flat_map(|spec| &spec.backends)
+            .map(|b| b.ip.to_string())
+            .collect()
     };
     let desired = crate::model::service_frontends(&svc, [sl.as_ref()], "node-a");
     assert_eq!(
@@ -363,7 +366,7 @@ metadata: {name: ignored}
     let desired: Vec<String> = s
         .desired()
         .iter()
-        .flat_map(|(f, bs)| bs.iter().map(move |b| format!("{f} -> {b}")))
+        .flat_map(|(f, spec)| spec.backends.iter().map(move |b| format!("{f} -> {b}")))
         .collect();
     assert_eq!(desired, ["10.96.0.10:80/TCP -> 10.0.0.1:8080/TCP"]);
     let bad = crate::source::parse_objects("kind: Service\nspec: 3\n", "bad.yaml");
@@ -371,4 +374,40 @@ metadata: {name: ignored}
         bad,
         Err(crate::source::SourceError::Object { index: 1, .. })
     ));
+}
+
+#[test]
+fn session_affinity_is_part_of_the_frontend() {
+    let Object::Service(mut svc) = service("web", "10.96.0.10", &[("http", 80, "TCP")]) else {
+        unreachable!()
+    };
+    let mut s = syncer();
+    s.apply(Input::Snapshot(vec![Object::Service(svc.clone())]))
+        .unwrap();
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.session_affinity = Some("ClientIP".into());
+    }
+    let stats = s.apply(change(Object::Service(svc.clone()))).unwrap();
+    assert_eq!(
+        stats,
+        ApplyStats {
+            service_writes: 1,
+            ..Default::default()
+        }
+    );
+    let (_, value) = s.maps().services.values().next().copied().unwrap();
+    assert_eq!(
+        value.affinity_timeout,
+        crate::model::DEFAULT_AFFINITY_TIMEOUT
+    );
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.session_affinity_config = Some(k8s_openapi::api::core::v1::SessionAffinityConfig {
+            client_ip: Some(k8s_openapi::api::core::v1::ClientIPConfig {
+                timeout_seconds: Some(60),
+            }),
+        });
+    }
+    s.apply(change(Object::Service(svc))).unwrap();
+    let (_, value) = s.maps().services.values().next().copied().unwrap();
+    assert_eq!(value.affinity_timeout, 60);
 }
