@@ -40,18 +40,25 @@ struct Harness {
 
 impl Harness {
     fn new(backends: u8) -> Result<Self> {
+        Self::with_sizes(
+            backends,
+            Sizes {
+                services: 256,
+                backends: 256,
+                slots: 1024,
+                revnat: 1024,
+                affinity: 1024,
+            },
+        )
+    }
+
+    fn with_sizes(backends: u8, sizes: Sizes) -> Result<Self> {
         let lab = Lab::new(backends)?;
         let servers = EchoServers::start(&lab.pods.path(), &lab.pod_addrs, PORT)?;
         let cgroup = TestCgroup::new(&unique_name("ferrokube-test-"))?;
         let node = unique_name("test-node-");
         let mut config = Config::new(node.clone(), cgroup.path());
-        config.sizes = Sizes {
-            services: 256,
-            backends: 256,
-            slots: 1024,
-            revnat: 1024,
-            affinity: 1024,
-        };
+        config.sizes = sizes;
         let pins = Pins {
             bpffs: config.bpffs.clone(),
             node,
@@ -432,5 +439,61 @@ fn client_ip_affinity_sticks_until_the_backend_goes() -> Result<()> {
     h.apply_yaml(&sticky_yaml(&[], std::slice::from_ref(&chosen)))?;
     let fallback = replies(&h.probe("tcp", "10.96.0.30:80", 5)?, "10.96.0.30:80")?;
     assert_eq!(fallback, BTreeSet::from([chosen]));
+    Ok(())
+}
+
+#[test]
+fn a_full_map_is_a_clear_error_and_the_dataplane_stays_consistent() -> Result<()> {
+    // Room for 4 slots: web's two frontends with 2 backends each fill it.
+    let mut h = Harness::with_sizes(
+        3,
+        Sizes {
+            services: 8,
+            backends: 16,
+            slots: 4,
+            revnat: 64,
+            affinity: 64,
+        },
+    )?;
+    let pods: Vec<String> = (0..3).map(|i| h.pod(i)).collect();
+    let yaml_web_only = |pods: &[String]| {
+        let full = yaml(pods);
+        // Keep the first two documents (the Service `web` and its slice).
+        full.split("---\n")
+            .take(2)
+            .collect::<Vec<_>>()
+            .join("---\n")
+    };
+    h.apply_yaml(&yaml_web_only(&pods[..2]))?;
+
+    // A third backend needs two more slots: the slot map is full.
+    let error = h
+        .apply_yaml(&yaml_web_only(&pods))
+        .expect_err("a full map must fail the apply");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("FK_SLOTS is full (4 entries)"),
+        "{message}"
+    );
+
+    // What the kernel holds is still coherent: every connection reaches a live backend.
+    let seen = replies(&h.probe("tcp", "10.96.0.10:80", 30)?, "10.96.0.10:80")?;
+    assert!(
+        !seen.is_empty() && seen.iter().all(|ip| pods.contains(ip)),
+        "{seen:?}"
+    );
+    let listed = list::list(&h.config.bpffs, Some(&h.config.node))?;
+    for frontend in &listed[0].frontends {
+        assert!(!frontend.backends.is_empty(), "{frontend:?}");
+    }
+
+    // An input that fits applies cleanly on top of the rebuilt mirror.
+    h.apply_yaml(&yaml_web_only(&pods[1..2]))?;
+    let seen = replies(&h.probe("tcp", "10.96.0.10:80", 10)?, "10.96.0.10:80")?;
+    assert_eq!(seen, BTreeSet::from([pods[1].clone()]));
+    let listed = list::list(&h.config.bpffs, Some(&h.config.node))?;
+    for frontend in &listed[0].frontends {
+        assert_eq!(frontend.backends.len(), 1, "{frontend:?}");
+    }
     Ok(())
 }

@@ -175,6 +175,7 @@ pub struct Syncer<M> {
     backend_refs: HashMap<u32, (BackendAddr, usize)>,
     service_ids: Ids,
     backend_id_pool: Ids,
+    limits: Limits,
 }
 
 impl<M: MapOps> Syncer<M> {
@@ -182,7 +183,27 @@ impl<M: MapOps> Syncer<M> {
     /// entry that is still desired; the first sync writes only differences). Entries the
     /// sync layer cannot account for (slots past a count, unreferenced backends: a crash
     /// mid-apply) are removed.
-    pub fn adopt(mut maps: M, node: &str, limits: Limits) -> Result<Self, SyncError> {
+    pub fn adopt(maps: M, node: &str, limits: Limits) -> Result<Self, SyncError> {
+        let mut syncer = Self {
+            maps,
+            objects: Objects::new(node),
+            desired: Desired::new(),
+            applied: HashMap::new(),
+            backend_ids: HashMap::new(),
+            backend_refs: HashMap::new(),
+            service_ids: Ids::new("service", limits.max_services),
+            backend_id_pool: Ids::new("backend", limits.max_backends),
+            limits,
+        };
+        syncer.readopt()?;
+        Ok(syncer)
+    }
+
+    /// Rebuilds the mirror of the maps from their contents (at start, and after a failed
+    /// apply left them partly written), removing entries nothing can reach.
+    fn readopt(&mut self) -> Result<(), SyncError> {
+        let limits = self.limits;
+        let maps = &mut self.maps;
         let state = maps.dump()?;
         let mut applied = HashMap::new();
         let mut used_service_ids = BTreeSet::new();
@@ -258,16 +279,12 @@ impl<M: MapOps> Syncer<M> {
             backends = backend_ids.len(),
             "adopted map contents"
         );
-        Ok(Self {
-            maps,
-            objects: Objects::new(node),
-            desired: Desired::new(),
-            applied,
-            backend_ids,
-            backend_refs,
-            service_ids,
-            backend_id_pool,
-        })
+        self.applied = applied;
+        self.backend_ids = backend_ids;
+        self.backend_refs = backend_refs;
+        self.service_ids = service_ids;
+        self.backend_id_pool = backend_id_pool;
+        Ok(())
     }
 
     /// The maps.
@@ -280,12 +297,21 @@ impl<M: MapOps> Syncer<M> {
         &self.desired
     }
 
-    /// Applies one input and returns what it wrote.
+    /// Applies one input and returns what it wrote. On failure (a full map) the maps may
+    /// hold part of the change: the mirror is rebuilt from them, so the next input is
+    /// diffed against what the kernel really holds, and a later input that fits (or the
+    /// same one after a restart with larger maps) completes it.
     pub fn apply(&mut self, input: Input) -> Result<ApplyStats, SyncError> {
-        match input {
+        let result = match input {
             Input::Snapshot(objects) => self.apply_snapshot(objects),
             Input::Change(change) => self.apply_change(change),
+        };
+        if result.is_err()
+            && let Err(e) = self.readopt()
+        {
+            warn!(error = %e, "rereading the maps after a failed apply failed");
         }
+        result
     }
 
     fn apply_snapshot(&mut self, objects: Vec<Object>) -> Result<ApplyStats, SyncError> {
