@@ -141,3 +141,24 @@ pub fn nodes(bpffs: &Path) -> Result<Vec<String>, BpffsError> {
     nodes.sort();
     Ok(nodes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_are_one_safe_path_component() {
+        for good in ["node-1", "worker.example.com", "a", "10.0.0.1"] {
+            assert!(validate_node(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "", "..", "../etc", "a/b", "Node", "-a", "a-", ".a", "a..b", "a b",
+        ] {
+            assert!(validate_node(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            pin_dir(Path::new("/sys/fs/bpf"), "node-1").unwrap(),
+            Path::new("/sys/fs/bpf/ferrokube/node-1")
+        );
+    }
+}
