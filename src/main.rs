@@ -5,6 +5,7 @@
 //! (`ferrokube store ...`); the node agent and tools arrive as their issues land.
 
 mod cni_cmd;
+mod proxy_cmd;
 mod server;
 mod store_cmd;
 
@@ -41,6 +42,8 @@ enum Command {
     /// `ferrokube-cni`).
     #[command(subcommand)]
     Cni(cni_cmd::CniCommand),
+    /// Run the node's eBPF Service proxy (kube-proxy replacement), or inspect it.
+    Proxy(proxy_cmd::ProxyArgs),
 }
 
 /// Which store to use: the embedded one in `--data-dir`, or etcd with `--datastore`.
@@ -124,6 +127,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Cni(command) => cni_cmd::run(command),
+            Command::Proxy(args) => proxy_cmd::run(args).await,
         }
     });
     match result {

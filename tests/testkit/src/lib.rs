@@ -3,6 +3,8 @@
 //! ports, deadline-bounded waiting, a minimal HTTP/1.0 GET for health checks, and lab
 //! network namespaces ([`netns`]) removed on drop.
 //!
+//! [`netlab`] builds network namespaces, veths, cgroups and echo servers for dataplane tests.
+//!
 //! Nothing here is mocked: an [`Etcd`] is Debian's `etcd` binary. A missing binary is a
 //! failure with the command that installs it, never a skip.
 
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod netlab;
 pub mod netns;
 
 /// Where Debian's `etcd-server` installs the binary.

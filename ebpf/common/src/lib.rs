@@ -1,0 +1,79 @@
+//! Map keys and values shared by ferrokube's eBPF programs (`ebpf/programs`) and their
+//! user-space loader (`node/proxy`). `#![no_std]`, `#[repr(C)]`, no implicit padding, so
+//! both sides agree on the bytes.
+//!
+//! Addresses are 16 bytes (`[u32; 4]` in network byte order) with an address family, so
+//! IPv6 Services use the same maps: an IPv4 address sits in word 0 and the rest is zero.
+//! Ports are stored as the kernel hands them to socket hooks: network byte order in a
+//! `u16`.
+//!
+//! With the `user` feature each type implements `aya::Pod` for the loader.
+#![no_std]
+// `aya::Pod` is an unsafe marker trait: implementing it asserts a type is plain bytes with
+// no padding, which the `#[repr(C)]` layouts below guarantee (checked by the size asserts).
+#![cfg_attr(feature = "user", allow(unsafe_code))]
+
+pub mod affinity;
+pub mod backend;
+pub mod revnat;
+pub mod service;
+pub mod stats;
+
+pub use affinity::{AffinityKey, AffinityValue};
+pub use backend::{Backend, SlotKey};
+pub use revnat::{RevNatKey, RevNatValue};
+pub use service::{ServiceKey, ServiceValue};
+pub use stats::Counters;
+
+/// `AF_INET`.
+pub const FAMILY_V4: u8 = 2;
+/// `AF_INET6`.
+pub const FAMILY_V6: u8 = 10;
+/// `IPPROTO_TCP`.
+pub const PROTO_TCP: u8 = 6;
+/// `IPPROTO_UDP`.
+pub const PROTO_UDP: u8 = 17;
+
+/// Names of the maps as the programs declare them; also their pin file names.
+pub mod map_names {
+    /// Frontends: [`crate::ServiceKey`] -> [`crate::ServiceValue`].
+    pub const SERVICES: &str = "FK_SERVICES";
+    /// Backend slots: [`crate::SlotKey`] -> backend id (`u32`).
+    pub const SLOTS: &str = "FK_SLOTS";
+    /// Backends by id: `u32` -> [`crate::Backend`].
+    pub const BACKENDS: &str = "FK_BACKENDS";
+    /// Per-socket reverse NAT: [`crate::RevNatKey`] -> [`crate::RevNatValue`] (LRU).
+    pub const REVNAT: &str = "FK_REVNAT";
+    /// Session affinity: [`crate::AffinityKey`] -> [`crate::AffinityValue`] (LRU).
+    pub const AFFINITY: &str = "FK_AFFINITY";
+    /// Per-Service counters, per CPU, indexed by service id.
+    pub const SERVICE_STATS: &str = "FK_SVC_STATS";
+    /// Per-backend counters, per CPU, indexed by backend id.
+    pub const BACKEND_STATS: &str = "FK_BE_STATS";
+}
+
+/// Names of the programs in the object file.
+pub mod program_names {
+    /// cgroup/connect4.
+    pub const CONNECT4: &str = "fk_connect4";
+    /// cgroup/sendmsg4.
+    pub const SENDMSG4: &str = "fk_sendmsg4";
+    /// cgroup/recvmsg4.
+    pub const RECVMSG4: &str = "fk_recvmsg4";
+    /// cgroup/getpeername4.
+    pub const GETPEERNAME4: &str = "fk_getpeername4";
+}
+
+/// Default map sizes, overridable by the loader.
+pub mod sizes {
+    /// Frontends (Service address, port, protocol).
+    pub const MAX_SERVICES: u32 = 100_000;
+    /// Distinct backend addresses.
+    pub const MAX_BACKENDS: u32 = 200_000;
+    /// Backend slots over all Services.
+    pub const MAX_SLOTS: u32 = 1_000_000;
+    /// Sockets remembered for reverse translation.
+    pub const MAX_REVNAT: u32 = 262_144;
+    /// (client, Service) pairs remembered for session affinity.
+    pub const MAX_AFFINITY: u32 = 262_144;
+}

@@ -1,0 +1,32 @@
+//! The maps, pinned by name (the loader picks the directory and the sizes).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray},
+};
+use ferrokube_ebpf_common::{
+    AffinityKey, AffinityValue, Backend, Counters, RevNatKey, RevNatValue, ServiceKey,
+    ServiceValue, SlotKey, sizes,
+};
+
+#[map(name = "FK_SERVICES")]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(sizes::MAX_SERVICES, 0);
+
+#[map(name = "FK_SLOTS")]
+pub static SLOTS: HashMap<SlotKey, u32> = HashMap::pinned(sizes::MAX_SLOTS, 0);
+
+#[map(name = "FK_BACKENDS")]
+pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(sizes::MAX_BACKENDS, 0);
+
+#[map(name = "FK_REVNAT")]
+pub static REVNAT: LruHashMap<RevNatKey, RevNatValue> = LruHashMap::pinned(sizes::MAX_REVNAT, 0);
+
+#[map(name = "FK_AFFINITY")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::pinned(sizes::MAX_AFFINITY, 0);
+
+#[map(name = "FK_SVC_STATS")]
+pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(sizes::MAX_SERVICES + 1, 0);
+
+#[map(name = "FK_BE_STATS")]
+pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(sizes::MAX_BACKENDS + 1, 0);

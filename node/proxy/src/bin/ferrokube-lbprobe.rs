@@ -1,0 +1,102 @@
+//! `ferrokube-lbprobe`: a lab client for the socket load balancer. It joins a cgroup and a
+//! network namespace, then makes COUNT requests to ADDR and prints one line per request:
+//! `ok <peer as the socket reports it> <reply>` or `err <kind>`.
+//!
+//! ```text
+//! ferrokube-lbprobe --cgroup DIR --netns /run/netns/NAME tcp|udp|udp-connected ADDR COUNT
+//! ```
+//! `tcp`: connect, send, read the reply, `getpeername`. `udp`: `sendto`, `recvfrom` (the
+//! peer is the reply's source). `udp-connected`: `connect`, `getpeername`, send, receive.
+//! Used by the dataplane tests and the lab.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (mut cgroup, mut netns, mut rest) = (None, None, Vec::new());
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--cgroup" => cgroup = it.next().map(PathBuf::from),
+            "--netns" => netns = it.next().map(PathBuf::from),
+            _ => rest.push(arg),
+        }
+    }
+    let [mode, addr, count] = rest.as_slice() else {
+        bail!(
+            "usage: ferrokube-lbprobe [--cgroup DIR] [--netns PATH] tcp|udp|udp-connected ADDR COUNT"
+        );
+    };
+    let addr: SocketAddr = addr.parse().context("ADDR")?;
+    let count: u32 = count.parse().context("COUNT")?;
+    if let Some(cgroup) = cgroup {
+        std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string())
+            .with_context(|| format!("joining cgroup {}", cgroup.display()))?;
+    }
+    if let Some(netns) = netns {
+        enter_netns(&netns)?;
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for _ in 0..count {
+        let line = match once(mode, addr) {
+            Ok((peer, reply)) => format!("ok {peer} {reply}"),
+            Err(e) => format!("err {}", kind(&e)),
+        };
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+fn enter_netns(path: &PathBuf) -> Result<()> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+    Ok(())
+}
+
+fn kind(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "refused".into(),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => "timeout".into(),
+        std::io::ErrorKind::PermissionDenied => "denied".into(),
+        _ => format!("{e}").replace(' ', "_"),
+    }
+}
+
+fn once(mode: &str, addr: SocketAddr) -> std::io::Result<(SocketAddr, String)> {
+    let mut buf = [0u8; 64];
+    match mode {
+        "tcp" => {
+            let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+            stream.set_read_timeout(Some(TIMEOUT))?;
+            let peer = stream.peer_addr()?;
+            stream.write_all(b"hello\n")?;
+            let n = stream.read(&mut buf)?;
+            Ok((peer, String::from_utf8_lossy(&buf[..n]).into_owned()))
+        }
+        "udp" => {
+            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            socket.set_read_timeout(Some(TIMEOUT))?;
+            socket.send_to(b"hello\n", addr)?;
+            let (n, from) = socket.recv_from(&mut buf)?;
+            Ok((from, String::from_utf8_lossy(&buf[..n]).into_owned()))
+        }
+        "udp-connected" => {
+            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            socket.set_read_timeout(Some(TIMEOUT))?;
+            socket.connect(addr)?;
+            let peer = socket.peer_addr()?;
+            socket.send(b"hello\n")?;
+            let n = socket.recv(&mut buf)?;
+            Ok((peer, String::from_utf8_lossy(&buf[..n]).into_owned()))
+        }
+        other => Err(std::io::Error::other(format!("unknown mode {other}"))),
+    }
+}

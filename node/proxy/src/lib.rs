@@ -1,0 +1,25 @@
+//! `ferrokube-proxy`: the node's kube-proxy replacement. It owns the user side of the eBPF
+//! Service dataplane: loading the kernel programs built from `ebpf/programs` (by this
+//! crate's build script), pinning them and their maps under
+//! `/sys/fs/bpf/ferrokube/<node>/`, and the sync layer that turns Services and
+//! EndpointSlices into the fewest map writes.
+//!
+//! - [`model`]: desired frontends and backends from Kubernetes objects;
+//! - [`sync`]: diff-apply onto the maps ([`maps::MapOps`]);
+//! - [`maps`]: the kernel maps (and an in-memory stand-in);
+//! - [`loader`], [`bpffs`]: programs, cgroup attachment, pins, adoption on restart;
+//! - [`source`]: inputs (a YAML file today);
+//! - [`agent`]: all of the above, driven by a stream;
+//! - [`list`]: what `ferrokube proxy list` prints.
+
+pub mod agent;
+pub mod bpffs;
+pub mod list;
+pub mod loader;
+pub mod maps;
+pub mod model;
+pub mod source;
+pub mod sync;
+
+pub use agent::Agent;
+pub use loader::{Config, Sizes};

@@ -1,0 +1,145 @@
+//! `ferrokube proxy`: the node's eBPF Service proxy (library: `ferrokube-proxy`).
+//!
+//! - `ferrokube proxy --node NAME --from-file F [--cgroup DIR]`: load or adopt the
+//!   dataplane, apply the Services and EndpointSlices in F, and re-apply when F changes,
+//!   until SIGINT/SIGTERM (`--once`: apply and exit; the pinned programs keep working);
+//! - `ferrokube proxy list [--node NAME]`: frontends, backends and counters from the pins;
+//! - `ferrokube proxy reset --node NAME`: remove the node's pins (detaches the programs).
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use ferrokube_proxy::{Agent, Config, Sizes, bpffs, list, source};
+use futures::StreamExt as _;
+use tracing::info;
+
+#[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ProxyArgs {
+    #[command(subcommand)]
+    command: Option<ProxyCommand>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+enum ProxyCommand {
+    /// Print each Service frontend with its backends and counters, from the pinned maps.
+    List {
+        /// Only this node (default: every node with pins).
+        #[arg(long)]
+        node: Option<String>,
+        /// bpffs mount point.
+        #[arg(long, default_value = bpffs::DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+    },
+    /// Remove a node's pinned programs and maps.
+    Reset {
+        /// The node.
+        #[arg(long)]
+        node: String,
+        /// bpffs mount point.
+        #[arg(long, default_value = bpffs::DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+struct RunArgs {
+    /// This node's name (pins live in <bpffs>/ferrokube/<node>/).
+    #[arg(long)]
+    node: Option<String>,
+    /// Services and EndpointSlices as (multi-document) YAML.
+    #[arg(long)]
+    from_file: Option<PathBuf>,
+    /// The cgroup (v2) whose sockets are load balanced: the node's cgroup root.
+    #[arg(long, default_value = "/sys/fs/cgroup/unified")]
+    cgroup: PathBuf,
+    /// bpffs mount point (mounted when missing).
+    #[arg(long, default_value = bpffs::DEFAULT_BPFFS)]
+    bpffs: PathBuf,
+    /// Apply the file once and exit (the pinned dataplane keeps serving).
+    #[arg(long)]
+    once: bool,
+    /// How often to check the file for changes.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    poll: Duration,
+    /// Frontend map size (used when the maps are first created).
+    #[arg(long, default_value_t = Sizes::default().services)]
+    max_services: u32,
+    /// Backend map size (used when the maps are first created).
+    #[arg(long, default_value_t = Sizes::default().backends)]
+    max_backends: u32,
+    /// Backend slot map size (used when the maps are first created).
+    #[arg(long, default_value_t = Sizes::default().slots)]
+    max_slots: u32,
+}
+
+pub async fn run(args: ProxyArgs) -> Result<()> {
+    match args.command {
+        Some(ProxyCommand::List { node, bpffs }) => {
+            let reports = list::list(&bpffs, node.as_deref())?;
+            print!("{}", list::render(&reports));
+            Ok(())
+        }
+        Some(ProxyCommand::Reset { node, bpffs }) => {
+            if bpffs::remove(&bpffs, &node)? {
+                println!("removed the pins of node {node}");
+            } else {
+                println!("node {node} has no pins");
+            }
+            Ok(())
+        }
+        None => serve(args.run).await,
+    }
+}
+
+async fn serve(args: RunArgs) -> Result<()> {
+    let Some(node) = args.node else {
+        bail!("--node is required");
+    };
+    let Some(file) = args.from_file else {
+        bail!("--from-file is required (watching the apiserver comes with the API server)");
+    };
+    let mut config = Config::new(node, args.cgroup);
+    config.bpffs = args.bpffs;
+    config.sizes = Sizes {
+        services: args.max_services,
+        backends: args.max_backends,
+        slots: args.max_slots,
+        ..Sizes::default()
+    };
+    let first = source::read_file(&file)?;
+    let mut agent = Agent::start(&config).context("starting the dataplane")?;
+    let stats = agent.apply(first)?;
+    info!(writes = stats.total(), ?stats, "applied {}", file.display());
+    if args.once {
+        return Ok(());
+    }
+    let modified = |path: &PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let initial = modified(&file);
+    let changes = futures::stream::unfold(
+        (file, initial, tokio::time::interval(args.poll)),
+        move |(file, mut last, mut tick): (PathBuf, Option<SystemTime>, _)| async move {
+            loop {
+                tick.tick().await;
+                let now = modified(&file);
+                if now != last {
+                    last = now;
+                    let input = source::read_file(&file);
+                    return Some((input, (file, last, tick)));
+                }
+            }
+        },
+    )
+    .boxed();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = agent.run(changes) => {}
+        _ = tokio::signal::ctrl_c() => info!("interrupted; the pinned dataplane keeps serving"),
+        _ = terminate.recv() => info!("terminated; the pinned dataplane keeps serving"),
+    }
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! `ferrokube proxy` as a user runs it (needs root for bpffs and cgroups; CI is root):
+//! apply a file with `--once` into a test cgroup, read it back with `proxy list`, change
+//! the file, reset. The traffic itself is tested in `node/proxy/tests/socket_lb.rs`.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result, ensure};
+use ferrokube_testkit::netlab::{TestCgroup, unique_name};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferrokube");
+
+struct Pins(String);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = Command::new(BIN)
+            .args(["proxy", "reset", "--node", &self.0])
+            .output();
+    }
+}
+
+fn ferrokube(args: &[&str]) -> Result<Output> {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .with_context(|| format!("running ferrokube {args:?}"))
+}
+
+fn ok(args: &[&str]) -> Result<String> {
+    let out = ferrokube(args)?;
+    ensure!(
+        out.status.success(),
+        "ferrokube {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn services(endpoints: &[&str]) -> String {
+    let endpoints: String = endpoints
+        .iter()
+        .map(|ip| format!("- addresses: [{ip}]\n"))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\n\
+         spec:\n  clusterIP: 10.96.0.10\n  ports: [{{name: http, port: 80}}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata:\n  name: web-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: web}}\n\
+         addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n{endpoints}"
+    )
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+#[test]
+fn proxy_applies_a_file_lists_and_resets() -> Result<()> {
+    let cgroup = TestCgroup::new(&unique_name("ferrokube-cli-"))?;
+    let node = unique_name("cli-node-");
+    let _pins = Pins(node.clone());
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("services.yaml");
+    let cgroup_arg = cgroup.path().to_string_lossy().into_owned();
+    let file_arg = file.to_string_lossy().into_owned();
+    let run = [
+        "proxy",
+        "--node",
+        &node,
+        "--from-file",
+        &file_arg,
+        "--cgroup",
+        &cgroup_arg,
+        "--once",
+        "--max-services",
+        "64",
+        "--max-backends",
+        "64",
+        "--max-slots",
+        "256",
+    ];
+
+    write(&file, &services(&["10.250.0.10", "10.250.0.11"]))?;
+    ok(&run)?;
+    let listed = ok(&["proxy", "list", "--node", &node])?;
+    assert!(listed.contains("10.96.0.10:80/TCP"), "{listed}");
+    assert!(listed.contains("-> 10.250.0.10:8080/TCP"), "{listed}");
+    assert!(listed.contains("-> 10.250.0.11:8080/TCP"), "{listed}");
+
+    // A restart with a changed file adopts the pins and applies the difference.
+    write(&file, &services(&["10.250.0.11"]))?;
+    ok(&run)?;
+    let listed = ok(&["proxy", "list", "--node", &node])?;
+    assert!(!listed.contains("10.250.0.10:8080"), "{listed}");
+    assert!(listed.contains("-> 10.250.0.11:8080/TCP"), "{listed}");
+
+    // Listing every node includes ours.
+    assert!(ok(&["proxy", "list"])?.contains(&format!("node {node} ")));
+
+    let reset = ok(&["proxy", "reset", "--node", &node])?;
+    assert!(reset.contains("removed"), "{reset}");
+    let gone = ferrokube(&["proxy", "list", "--node", &node])?;
+    assert!(!gone.status.success(), "listing a reset node must fail");
+    Ok(())
+}
+
+#[test]
+fn proxy_reports_bad_input_clearly() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let missing = dir.path().join("nope.yaml");
+    let out = ferrokube(&[
+        "proxy",
+        "--node",
+        "n1",
+        "--from-file",
+        &missing.to_string_lossy(),
+        "--once",
+    ])?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nope.yaml"), "{stderr}");
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "kind: Service\nspec: 3\n")?;
+    let out = ferrokube(&[
+        "proxy",
+        "--node",
+        "n1",
+        "--from-file",
+        &bad.to_string_lossy(),
+        "--once",
+    ])?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("document 1") && stderr.contains("Service"),
+        "{stderr}"
+    );
+
+    let out = ferrokube(&[
+        "proxy",
+        "--node",
+        "../etc",
+        "--from-file",
+        &bad.to_string_lossy(),
+    ])?;
+    assert!(!out.status.success());
+    Ok(())
+}

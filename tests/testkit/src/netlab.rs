@@ -1,0 +1,295 @@
+//! A small network lab for dataplane tests: network namespaces joined by a veth pair, a
+//! cgroup (v2) to attach socket programs to, and TCP/UDP echo servers that answer with
+//! their own address.
+//!
+//! Safety rules (see `docs/architecture.md`): every name carries the test process id and
+//! a counter; nothing is created in, or routed from, the root network namespace (links are
+//! created inside the lab namespaces with `ip -n`); the lab has no route out; every
+//! namespace, cgroup and thread is removed on drop, pass or fail.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use nix::sched::{CloneFlags, setns};
+
+/// Where cgroup v2 is mounted on these machines (hybrid layout).
+pub const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this process and call: `<prefix><pid>x<n>`.
+pub fn unique_name(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}x{n}", std::process::id())
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    let out = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `name` with its loopback up.
+    pub fn new(name: &str) -> Result<Self> {
+        run(Command::new("ip").args(["netns", "add", name]))?;
+        let ns = Self { name: name.into() };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its bind-mount, for `setns` or `nsenter --net=`.
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// Runs `ip -n <name> ARGS`.
+    pub fn ip(&self, args: &[&str]) -> Result<()> {
+        run(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    }
+
+    /// Moves the calling thread into this namespace (threads only: never the main one).
+    pub fn enter_thread(path: &Path) -> Result<()> {
+        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        setns(&file, CloneFlags::CLONE_NEWNET).context("setns")?;
+        Ok(())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace removes its veth ends too.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// A cgroup v2 directory of our own under [`CGROUP2_ROOT`], removed on drop.
+#[derive(Debug)]
+pub struct TestCgroup {
+    path: PathBuf,
+}
+
+impl TestCgroup {
+    /// Creates `<CGROUP2_ROOT>/<name>`.
+    pub fn new(name: &str) -> Result<Self> {
+        let path = Path::new(CGROUP2_ROOT).join(name);
+        std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self { path })
+    }
+
+    /// Its directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The processes in it.
+    pub fn pids(&self) -> Vec<u32> {
+        std::fs::read_to_string(self.path.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Our probes have exited by now (they are waited for); retry briefly in case the
+        // kernel has not yet released a zombie's membership.
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Two namespaces: `client` and `pods`, joined by a veth pair on 10.250.0.0/24. The
+/// client is 10.250.0.1; the pods' addresses are 10.250.0.10, .11, ... No other route.
+#[derive(Debug)]
+pub struct Lab {
+    /// Where clients run.
+    pub client: Netns,
+    /// Where backends listen.
+    pub pods: Netns,
+    /// The backends' addresses.
+    pub pod_addrs: Vec<Ipv4Addr>,
+}
+
+impl Lab {
+    /// Builds the lab with `backends` pod addresses.
+    pub fn new(backends: u8) -> Result<Self> {
+        let client = Netns::new(&unique_name("fkc"))?;
+        let pods = Netns::new(&unique_name("fkp"))?;
+        client.ip(&[
+            "link",
+            "add",
+            "v0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "v1",
+            "netns",
+            pods.name(),
+        ])?;
+        client.ip(&["addr", "add", "10.250.0.1/24", "dev", "v0"])?;
+        client.ip(&["link", "set", "v0", "up"])?;
+        let mut pod_addrs = Vec::new();
+        for i in 0..backends {
+            let addr = Ipv4Addr::new(10, 250, 0, 10 + i);
+            pods.ip(&["addr", "add", &format!("{addr}/24"), "dev", "v1"])?;
+            pod_addrs.push(addr);
+        }
+        pods.ip(&["link", "set", "v1", "up"])?;
+        Ok(Self {
+            client,
+            pods,
+            pod_addrs,
+        })
+    }
+}
+
+/// TCP and UDP echo servers in a namespace: each answers a request with its own
+/// address, and counts what it served.
+#[derive(Debug)]
+pub struct EchoServers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    hits: Arc<Mutex<BTreeMap<String, u64>>>,
+}
+
+impl EchoServers {
+    /// Starts a TCP and a UDP server on each `addr:port` inside the namespace at `netns`.
+    pub fn start(netns: &Path, addrs: &[Ipv4Addr], port: u16) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let hits = Arc::new(Mutex::new(BTreeMap::new()));
+        let mut servers = Self {
+            stop: stop.clone(),
+            threads: Vec::new(),
+            hits: hits.clone(),
+        };
+        for addr in addrs {
+            for udp in [false, true] {
+                let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
+                let (stop, hits, netns) = (stop.clone(), hits.clone(), netns.to_path_buf());
+                let local = SocketAddr::from((*addr, port));
+                let thread = std::thread::spawn(move || {
+                    let setup = Netns::enter_thread(&netns).and_then(|()| {
+                        if udp {
+                            let socket = UdpSocket::bind(local)?;
+                            socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+                            Ok(Either::Udp(socket))
+                        } else {
+                            let listener = TcpListener::bind(local)?;
+                            listener.set_nonblocking(true)?;
+                            Ok(Either::Tcp(listener))
+                        }
+                    });
+                    let server = match setup {
+                        Ok(server) => {
+                            let _ = ready_tx.send(Ok(()));
+                            server
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    serve(server, local, &stop, &hits);
+                });
+                servers.threads.push(thread);
+                ready_rx
+                    .recv_timeout(Duration::from_secs(5))
+                    .context("echo server did not start")??;
+            }
+        }
+        Ok(servers)
+    }
+
+    /// Requests served per `"<addr> tcp|udp"`.
+    pub fn hits(&self) -> BTreeMap<String, u64> {
+        self.hits.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+}
+
+enum Either {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+fn serve(
+    server: Either,
+    local: SocketAddr,
+    stop: &AtomicBool,
+    hits: &Mutex<BTreeMap<String, u64>>,
+) {
+    let reply = local.ip().to_string();
+    let count = |proto: &str| {
+        if let Ok(mut hits) = hits.lock() {
+            *hits.entry(format!("{} {proto}", local.ip())).or_default() += 1;
+        }
+    };
+    while !stop.load(Ordering::Relaxed) {
+        match &server {
+            Either::Tcp(listener) => match listener.accept() {
+                Ok((mut stream, _)) => {
+                    let _ = stream.set_nonblocking(false);
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                    let mut buf = [0u8; 64];
+                    if stream.read(&mut buf).is_ok() {
+                        let _ = stream.write_all(reply.as_bytes());
+                        count("tcp");
+                    }
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            },
+            Either::Udp(socket) => {
+                let mut buf = [0u8; 64];
+                if let Ok((_, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(reply.as_bytes(), from);
+                    count("udp");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for EchoServers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
