@@ -593,6 +593,53 @@ fn server_dry_run_and_diff_change_nothing(server: Server) -> Result<()> {
     Ok(())
 }
 
+fn imperative_creates_send_protobuf(server: Server) -> Result<()> {
+    assert!(
+        server
+            .ok(&["create", "namespace", "imp"])?
+            .contains("namespace/imp created")
+    );
+    server.ok(&[
+        "-n",
+        "imp",
+        "create",
+        "configmap",
+        "c",
+        "--from-literal=a=1",
+        "--from-literal=b=2",
+    ])?;
+    server.ok(&[
+        "-n",
+        "imp",
+        "create",
+        "secret",
+        "generic",
+        "s",
+        "--from-literal=pw=hunter2",
+    ])?;
+    server.ok(&["-n", "imp", "create", "serviceaccount", "bot"])?;
+    let cm = json(&server.ok(&["-n", "imp", "get", "cm", "c", "-o", "json"])?)?;
+    assert_eq!(cm["data"], serde_json::json!({"a": "1", "b": "2"}));
+    let secret = json(&server.ok(&["-n", "imp", "get", "secret", "s", "-o", "json"])?)?;
+    assert_eq!(
+        (secret["data"]["pw"].as_str(), secret["type"].as_str()),
+        (Some("aHVudGVyMg=="), Some("Opaque"))
+    );
+    assert!(
+        server
+            .ok(&["-n", "imp", "get", "sa", "-o", "name"])?
+            .contains("serviceaccount/bot")
+    );
+    // Kinds without a protobuf decoder are refused with 415 naming the way out.
+    let err = server.fails(&["-n", "imp", "create", "deployment", "web", "--image=nginx"])?;
+    assert!(
+        err.contains("send apps/v1 Deployment as application/json"),
+        "{err}"
+    );
+    server.fails(&["-n", "imp", "get", "deploy", "web"])?;
+    Ok(())
+}
+
 macro_rules! both_backends {
     ($($case:ident),*) => {
         mod embedded {
@@ -612,5 +659,6 @@ both_backends!(
     delete_wait_and_namespace_deletion,
     explain_and_errors,
     services_get_cluster_ips_and_node_ports,
-    server_dry_run_and_diff_change_nothing
+    server_dry_run_and_diff_change_nothing,
+    imperative_creates_send_protobuf
 );

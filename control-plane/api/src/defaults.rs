@@ -99,7 +99,13 @@ pub fn apply(kind: &str, object: &mut Value) {
             set_default(object, "/status/phase", json!("Pending"));
             set_default(object, "/status/qosClass", json!("BestEffort"));
         }
-        "Secret" => set_default(object, "/type", json!("Opaque")),
+        "Secret" => {
+            // An empty type is Opaque too (protobuf clients send "").
+            if object.get("type").and_then(Value::as_str) == Some("") {
+                object["type"] = json!("Opaque");
+            }
+            set_default(object, "/type", json!("Opaque"));
+        }
         "Service" => {
             set_default(object, "/spec/type", json!("ClusterIP"));
             set_default(object, "/spec/sessionAffinity", json!("None"));

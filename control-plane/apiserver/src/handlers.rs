@@ -386,6 +386,7 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
             serde_norway::from_slice(body)
                 .map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))?
         }
+        "application/vnd.kubernetes.protobuf" => crate::protobuf::decode(body)?,
         "application/json" | "" | "*/*" => serde_json::from_slice(body)
             .map_err(|e| ApiError::BadRequest(format!("error decoding JSON: {e}")))?,
         other => {

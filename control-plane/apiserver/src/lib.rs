@@ -13,6 +13,7 @@ pub mod handlers;
 pub mod metrics;
 mod openapi;
 pub mod pki;
+mod protobuf;
 mod watchcache;
 
 use std::net::{IpAddr, SocketAddr};
