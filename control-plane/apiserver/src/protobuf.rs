@@ -2,8 +2,10 @@
 //! client sends them for its imperative generators (`kubectl create namespace`,
 //! `create configmap`, `create secret generic`, `create serviceaccount`); they are
 //! decoded with `k8s-pb` and turned into the JSON form the rest of the server handles.
-//! Other kinds are refused with 415 naming what is supported; responses are JSON, which
-//! client-go accepts whatever it sent.
+//! Every field of those kinds is carried over except server-owned metadata (timestamps,
+//! generation, selfLink, managedFields), which the server sets itself. Other kinds are
+//! refused with 415 naming what is supported; responses are JSON, which client-go accepts
+//! whatever it sent.
 
 use std::collections::BTreeMap;
 
@@ -83,7 +85,11 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
     let mut object = match (api_version.as_str(), kind.as_str()) {
         ("v1", "Namespace") => {
             let ns = core::Namespace::decode(raw.as_slice()).map_err(bad)?;
-            json!({"metadata": meta(ns.metadata)})
+            let mut o = json!({"metadata": meta(ns.metadata)});
+            if let Some(spec) = ns.spec.filter(|spec| !spec.finalizers.is_empty()) {
+                o["spec"] = json!({"finalizers": spec.finalizers});
+            }
+            o
         }
         ("v1", "ConfigMap") => {
             let cm = core::ConfigMap::decode(raw.as_slice()).map_err(bad)?;
@@ -121,6 +127,38 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
             let mut o = json!({"metadata": meta(sa.metadata)});
             if let Some(automount) = sa.automount_service_account_token {
                 o["automountServiceAccountToken"] = json!(automount);
+            }
+            if !sa.secrets.is_empty() {
+                let secrets: Vec<Value> = sa
+                    .secrets
+                    .into_iter()
+                    .map(|r| {
+                        let mut m = Map::new();
+                        for (key, value) in [
+                            ("kind", r.kind),
+                            ("namespace", r.namespace),
+                            ("name", r.name),
+                            ("uid", r.uid),
+                            ("apiVersion", r.api_version),
+                            ("resourceVersion", r.resource_version),
+                            ("fieldPath", r.field_path),
+                        ] {
+                            if let Some(v) = value.filter(|v| !v.is_empty()) {
+                                m.insert(key.into(), json!(v));
+                            }
+                        }
+                        Value::Object(m)
+                    })
+                    .collect();
+                o["secrets"] = json!(secrets);
+            }
+            if !sa.image_pull_secrets.is_empty() {
+                let names: Vec<Value> = sa
+                    .image_pull_secrets
+                    .into_iter()
+                    .map(|r| json!({"name": r.name.unwrap_or_default()}))
+                    .collect();
+                o["imagePullSecrets"] = json!(names);
             }
             o
         }
@@ -184,6 +222,42 @@ mod tests {
         assert_eq!(
             decode(&envelope("ConfigMap", cm.encode_to_vec())).unwrap()["data"],
             json!({"k": "v"})
+        );
+    }
+
+    #[test]
+    fn service_accounts_and_namespaces_keep_their_references_and_finalizers() {
+        let sa = core::ServiceAccount {
+            metadata: Some(ObjectMeta {
+                name: Some("bot".into()),
+                ..Default::default()
+            }),
+            secrets: vec![core::ObjectReference {
+                name: Some("token".into()),
+                kind: Some(String::new()),
+                ..Default::default()
+            }],
+            image_pull_secrets: vec![core::LocalObjectReference {
+                name: Some("regcred".into()),
+            }],
+            ..Default::default()
+        };
+        let json = decode(&envelope("ServiceAccount", sa.encode_to_vec())).unwrap();
+        assert_eq!(json["secrets"], json!([{"name": "token"}]));
+        assert_eq!(json["imagePullSecrets"], json!([{"name": "regcred"}]));
+        let ns = core::Namespace {
+            metadata: Some(ObjectMeta {
+                name: Some("n".into()),
+                ..Default::default()
+            }),
+            spec: Some(core::NamespaceSpec {
+                finalizers: vec!["example.com/x".into()],
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            decode(&envelope("Namespace", ns.encode_to_vec())).unwrap()["spec"]["finalizers"],
+            json!(["example.com/x"])
         );
     }
 
