@@ -80,13 +80,7 @@ impl Store for DryRunStore {
             responses.push(match op {
                 Op::Get { .. } => OpResponse::Get(current),
                 Op::Put { key, value } => {
-                    let kv = KeyValue {
-                        key: key.clone(),
-                        value: value.clone(),
-                        create_revision: current.as_ref().map_or(revision, |c| c.create_revision),
-                        mod_revision: revision,
-                        version: current.as_ref().map_or(1, |c| c.version + 1),
-                    };
+                    let kv = KeyValue::after_put(key, value, current.as_ref(), revision);
                     self.overlay().0.insert(key.clone(), Some(kv.clone()));
                     OpResponse::Put { kv, prev: current }
                 }

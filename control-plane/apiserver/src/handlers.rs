@@ -1396,12 +1396,7 @@ impl Api {
         query: &HashMap<String, String>,
     ) -> ApiResult<(Vec<Value>, i64, Option<String>, Option<i64>)> {
         let (labels, fields) = Self::selectors(resource, query)?;
-        let limit: usize = match query.get("limit").filter(|l| !l.is_empty()) {
-            Some(l) => l
-                .parse()
-                .map_err(|_| ApiError::BadRequest(format!("invalid limit {l:?}")))?,
-            None => 0,
-        };
+        let limit = list_limit(query)?;
         let prefix = resource.key_prefix(namespace);
         let (mut start_after, mut revision) = self.list_position(&prefix, query)?;
         let mut items = Vec::new();
@@ -1510,12 +1505,7 @@ impl Api {
         namespace: Option<&str>,
         query: &HashMap<String, String>,
     ) -> ApiResult<Response> {
-        let limit: usize = match query.get("limit").filter(|l| !l.is_empty()) {
-            Some(l) => l
-                .parse()
-                .map_err(|_| ApiError::BadRequest(format!("invalid limit {l:?}")))?,
-            None => 0,
-        };
+        let limit = list_limit(query)?;
         let prefix = resource.key_prefix(namespace);
         let (start_after, revision) = self.list_position(&prefix, query)?;
         let mut request = RangeRequest::prefix(prefix).with_limit(limit);
@@ -1937,6 +1927,16 @@ fn allocation_refused(resource: &Resource, name: &str, taken: &str) -> ApiError 
         )
     };
     refusal(resource, name, Refusal::Invalid(vec![cause]))
+}
+
+/// The `limit` parameter (0 when absent: no limit).
+fn list_limit(query: &HashMap<String, String>) -> ApiResult<usize> {
+    match query.get("limit").filter(|l| !l.is_empty()) {
+        Some(l) => l
+            .parse()
+            .map_err(|_| ApiError::BadRequest(format!("invalid limit {l:?}"))),
+        None => Ok(0),
+    }
 }
 
 /// The continue token of a list page: the revision and the last key, base64 JSON.

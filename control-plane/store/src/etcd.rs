@@ -338,13 +338,7 @@ impl Store for EtcdStore {
                 }
                 (Op::Put { key, value }, TxnOpResponse::Put(put)) => {
                     let prev = put.prev_key().map(convert_kv).transpose()?;
-                    let kv = KeyValue {
-                        key: key.clone(),
-                        value: value.clone(),
-                        create_revision: prev.as_ref().map_or(revision, |p| p.create_revision),
-                        mod_revision: revision,
-                        version: prev.as_ref().map_or(1, |p| p.version + 1),
-                    };
+                    let kv = KeyValue::after_put(key, value, prev.as_ref(), revision);
                     OpResponse::Put { kv, prev }
                 }
                 (Op::Delete { .. }, TxnOpResponse::Delete(delete)) => {

@@ -21,6 +21,25 @@ pub struct KeyValue {
     pub version: i64,
 }
 
+impl KeyValue {
+    /// The key as a put at `revision` leaves it, given what it held before (etcd's rules:
+    /// the create revision survives updates, the version counts writes from 1).
+    pub fn after_put(
+        key: &str,
+        value: &Bytes,
+        prev: Option<&KeyValue>,
+        revision: Revision,
+    ) -> Self {
+        KeyValue {
+            key: key.to_string(),
+            value: value.clone(),
+            create_revision: prev.map_or(revision, |p| p.create_revision),
+            mod_revision: revision,
+            version: prev.map_or(1, |p| p.version + 1),
+        }
+    }
+}
+
 /// Whether a watch event is a write or a removal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use ferrokube_proxy::sync::{Input, Object};
 use ferrokube_proxy::{Agent, Config, Sizes, bpffs};
-use ferrokube_testkit::netlab::{Netns, TestCgroup, unique_name};
+use ferrokube_testkit::netlab::{TestCgroup, unique_name};
+use ferrokube_testkit::netns::Netns;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -301,7 +302,7 @@ fn main() -> Result<()> {
         let (full, change, writes) = ours(n)?;
         let mut ipt = BTreeMap::new();
         for tool in ["iptables-nft-restore", "iptables-legacy-restore"] {
-            let netns = Netns::new(&unique_name("fkbench"))?;
+            let netns = Netns::new("bench")?;
             let full = restore(&netns, tool, &iptables_rules(n, None, None), false, limit)?;
             // A change only makes sense on top of a complete load.
             let change = match &full {

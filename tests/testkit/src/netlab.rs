@@ -3,23 +3,22 @@
 //! their own address.
 //!
 //! Safety rules (see `docs/architecture.md`): every name carries the test process id and
-//! a counter; nothing is created in, or routed from, the root network namespace (links are
-//! created inside the lab namespaces with `ip -n`); the lab has no route out; every
+//! a counter; nothing is created in, or routed from, the root network namespace (the
+//! namespaces and veths are [`crate::netns`]'s); the lab has no route out; every
 //! namespace, cgroup and thread is removed on drop, pass or fail.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use nix::sched::{CloneFlags, setns};
+use anyhow::{Context, Result};
+
+use crate::netns::{Netns, connect, enter_current_thread};
 
 /// Where cgroup v2 is mounted on these machines (hybrid layout).
 pub const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
@@ -30,66 +29,6 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 pub fn unique_name(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("{prefix}{}x{n}", std::process::id())
-}
-
-fn run(command: &mut Command) -> Result<()> {
-    let out = command
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{command:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// A named network namespace (`ip netns add`), deleted on drop.
-#[derive(Debug)]
-pub struct Netns {
-    name: String,
-}
-
-impl Netns {
-    /// Creates `name` with its loopback up.
-    pub fn new(name: &str) -> Result<Self> {
-        run(Command::new("ip").args(["netns", "add", name]))?;
-        let ns = Self { name: name.into() };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    /// Its name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Its bind-mount, for `setns` or `nsenter --net=`.
-    pub fn path(&self) -> PathBuf {
-        Path::new("/run/netns").join(&self.name)
-    }
-
-    /// Runs `ip -n <name> ARGS`.
-    pub fn ip(&self, args: &[&str]) -> Result<()> {
-        run(Command::new("ip").arg("-n").arg(&self.name).args(args))
-    }
-
-    /// Moves the calling thread into this namespace (threads only: never the main one).
-    pub fn enter_thread(path: &Path) -> Result<()> {
-        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        setns(&file, CloneFlags::CLONE_NEWNET).context("setns")?;
-        Ok(())
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Deleting the namespace removes its veth ends too.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
 }
 
 /// A cgroup v2 directory of our own under [`CGROUP2_ROOT`], removed on drop.
@@ -149,29 +88,16 @@ pub struct Lab {
 impl Lab {
     /// Builds the lab with `backends` pod addresses.
     pub fn new(backends: u8) -> Result<Self> {
-        let client = Netns::new(&unique_name("fkc"))?;
-        let pods = Netns::new(&unique_name("fkp"))?;
-        client.ip(&[
-            "link",
-            "add",
-            "v0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "v1",
-            "netns",
-            pods.name(),
-        ])?;
+        let client = Netns::new("lbclient")?;
+        let pods = Netns::new("lbpods")?;
+        connect(&client, "v0", &pods, "v1")?;
         client.ip(&["addr", "add", "10.250.0.1/24", "dev", "v0"])?;
-        client.ip(&["link", "set", "v0", "up"])?;
         let mut pod_addrs = Vec::new();
         for i in 0..backends {
             let addr = Ipv4Addr::new(10, 250, 0, 10 + i);
             pods.ip(&["addr", "add", &format!("{addr}/24"), "dev", "v1"])?;
             pod_addrs.push(addr);
         }
-        pods.ip(&["link", "set", "v1", "up"])?;
         Ok(Self {
             client,
             pods,
@@ -205,7 +131,7 @@ impl EchoServers {
                 let (stop, hits, netns) = (stop.clone(), hits.clone(), netns.to_path_buf());
                 let local = SocketAddr::from((*addr, port));
                 let thread = std::thread::spawn(move || {
-                    let setup = Netns::enter_thread(&netns).and_then(|()| {
+                    let setup = enter_current_thread(&netns).and_then(|()| {
                         if udp {
                             let socket = UdpSocket::bind(local)?;
                             socket.set_read_timeout(Some(Duration::from_millis(20)))?;

@@ -84,9 +84,7 @@ impl Netns {
     ) -> Result<T> {
         let path = self.path();
         std::thread::spawn(move || -> Result<T> {
-            let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
-                .with_context(|| format!("setns {}", path.display()))?;
+            enter_current_thread(&path)?;
             f()
         })
         .join()
@@ -100,6 +98,14 @@ impl Drop for Netns {
             eprintln!("warning: deleting netns {}: {e:#}", self.name);
         }
     }
+}
+
+/// Moves the calling thread into the network namespace at `path` (use it on threads of
+/// your own, never on a test's main thread).
+pub fn enter_current_thread(path: &std::path::Path) -> Result<()> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("setns {}", path.display()))
 }
 
 /// Connects two namespaces with a veth pair (`a_if` in `a`, `b_if` in `b`), created

@@ -228,13 +228,7 @@ fn apply_txn(
             Op::Get { key } => responses.push(OpResponse::Get(read_kv(kv, key)?)),
             Op::Put { key, value } => {
                 let prev = read_kv(kv, key)?;
-                let new = KeyValue {
-                    key: key.clone(),
-                    value: value.clone(),
-                    create_revision: prev.as_ref().map_or(next, |p| p.create_revision),
-                    mod_revision: next,
-                    version: prev.as_ref().map_or(1, |p| p.version + 1),
-                };
+                let new = KeyValue::after_put(key, value, prev.as_ref(), next);
                 kv.insert(key.as_str(), codec::encode_kv(&new).as_slice())
                     .map_err(StoreError::backend)?;
                 let event = Event {
