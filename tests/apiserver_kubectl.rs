@@ -641,13 +641,115 @@ fn imperative_creates_send_protobuf(server: Server) -> Result<()> {
             .ok(&["-n", "imp", "get", "sa", "-o", "name"])?
             .contains("serviceaccount/bot")
     );
-    // Kinds without a protobuf decoder are refused with 415 naming the way out.
-    let err = server.fails(&["-n", "imp", "create", "deployment", "web", "--image=nginx"])?;
+    // Workloads, pods and services from the generators, as upstream would store them.
+    server.ok(&[
+        "-n",
+        "imp",
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx:1.27",
+        "--replicas=0",
+        "--port=80",
+    ])?;
+    let deploy = json(&server.ok(&["-n", "imp", "get", "deploy", "web", "-o", "json"])?)?;
+    assert_eq!(deploy["spec"]["replicas"], 0, "an explicit zero is kept");
+    assert_eq!(
+        deploy["spec"]["selector"],
+        serde_json::json!({"matchLabels": {"app": "web"}})
+    );
+    let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["name"], "nginx");
+    assert_eq!(container["image"], "nginx:1.27");
+    assert_eq!(container["ports"][0]["containerPort"], 80);
+    // Server-side defaults apply as for a JSON body.
+    assert_eq!(deploy["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(
+        deploy["spec"]["strategy"]["rollingUpdate"]["maxSurge"],
+        "25%"
+    );
     assert!(
-        err.contains("send apps/v1 Deployment as application/json"),
+        deploy["metadata"]["creationTimestamp"]
+            .as_str()
+            .is_some_and(|t| !t.starts_with("1970")),
+        "{deploy}"
+    );
+    server.ok(&[
+        "-n",
+        "imp",
+        "run",
+        "shell",
+        "--image=busybox:1.36",
+        "--labels=tier=debug",
+        "--env=MODE=fast",
+        "--restart=Never",
+        "--",
+        "sleep",
+        "3600",
+    ])?;
+    let pod = json(&server.ok(&["-n", "imp", "get", "pod", "shell", "-o", "json"])?)?;
+    assert_eq!(
+        pod["metadata"]["labels"],
+        serde_json::json!({"tier": "debug"})
+    );
+    assert_eq!(pod["spec"]["restartPolicy"], "Never");
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(container["args"], serde_json::json!(["sleep", "3600"]));
+    assert_eq!(
+        container["env"],
+        serde_json::json!([{"name": "MODE", "value": "fast"}])
+    );
+    server.ok(&[
+        "-n",
+        "imp",
+        "expose",
+        "deployment",
+        "web",
+        "--name=web-np",
+        "--port=8080",
+        "--target-port=80",
+        "--type=NodePort",
+    ])?;
+    let svc = json(&server.ok(&["-n", "imp", "get", "svc", "web-np", "-o", "json"])?)?;
+    assert_eq!(svc["spec"]["type"], "NodePort");
+    assert_eq!(svc["spec"]["selector"], serde_json::json!({"app": "web"}));
+    let port = &svc["spec"]["ports"][0];
+    assert_eq!(
+        (port["port"].as_i64(), port["targetPort"].as_i64()),
+        (Some(8080), Some(80))
+    );
+    assert!(
+        port["nodePort"].as_i64().is_some_and(|p| p >= 30000),
+        "{svc}"
+    );
+    assert!(
+        svc["spec"]["clusterIP"]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("10."))
+    );
+    server.ok(&[
+        "-n",
+        "imp",
+        "create",
+        "service",
+        "clusterip",
+        "db",
+        "--tcp=5432:5432",
+    ])?;
+    let db = json(&server.ok(&["-n", "imp", "get", "svc", "db", "-o", "json"])?)?;
+    assert_eq!(db["spec"]["ports"][0]["name"], "5432-5432");
+    assert_eq!(db["spec"]["ports"][0]["targetPort"], 5432);
+    // Deleting through the typed client sends protobuf DeleteOptions.
+    server.ok(&["-n", "imp", "delete", "svc", "db", "--wait"])?;
+    server.fails(&["-n", "imp", "get", "svc", "db"])?;
+    // Kinds the server does not serve are 404 whatever the encoding.
+    let err = server.fails(&["-n", "imp", "create", "job", "once", "--image=busybox"])?;
+    assert!(
+        err.contains("NotFound")
+            || err.contains("could not find")
+            || err.contains("the server could not find"),
         "{err}"
     );
-    server.fails(&["-n", "imp", "get", "deploy", "web"])?;
     Ok(())
 }
 

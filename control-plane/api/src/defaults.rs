@@ -129,18 +129,36 @@ pub fn apply(kind: &str, object: &mut Value) {
             set_default(object, "/spec/revisionHistoryLimit", json!(10));
             if kind == "Deployment" {
                 set_default(object, "/spec/progressDeadlineSeconds", json!(600));
-                set_default(
-                    object,
-                    "/spec/strategy",
-                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
-                );
+                // Field by field, so a partial strategy (`strategy: {}` from
+                // `kubectl create deployment`) is completed as upstream does.
+                set_default(object, "/spec/strategy/type", json!("RollingUpdate"));
+                if object.pointer("/spec/strategy/type") == Some(&json!("RollingUpdate")) {
+                    set_default(
+                        object,
+                        "/spec/strategy/rollingUpdate/maxUnavailable",
+                        json!("25%"),
+                    );
+                    set_default(
+                        object,
+                        "/spec/strategy/rollingUpdate/maxSurge",
+                        json!("25%"),
+                    );
+                }
             }
             if kind == "DaemonSet" {
-                set_default(
-                    object,
-                    "/spec/updateStrategy",
-                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
-                );
+                set_default(object, "/spec/updateStrategy/type", json!("RollingUpdate"));
+                if object.pointer("/spec/updateStrategy/type") == Some(&json!("RollingUpdate")) {
+                    set_default(
+                        object,
+                        "/spec/updateStrategy/rollingUpdate/maxUnavailable",
+                        json!(1),
+                    );
+                    set_default(
+                        object,
+                        "/spec/updateStrategy/rollingUpdate/maxSurge",
+                        json!(0),
+                    );
+                }
             }
             if let Some(spec) = object.pointer_mut("/spec/template/spec") {
                 default_pod_spec(spec);
@@ -153,6 +171,26 @@ pub fn apply(kind: &str, object: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partial_update_strategies_are_completed() {
+        let mut deploy = json!({"spec": {"strategy": {}}});
+        apply("Deployment", &mut deploy);
+        assert_eq!(
+            deploy["spec"]["strategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}})
+        );
+        let mut recreate = json!({"spec": {"strategy": {"type": "Recreate"}}});
+        apply("Deployment", &mut recreate);
+        assert_eq!(recreate["spec"]["strategy"], json!({"type": "Recreate"}));
+        let mut ds =
+            json!({"spec": {"updateStrategy": {"rollingUpdate": {"maxUnavailable": "10%"}}}});
+        apply("DaemonSet", &mut ds);
+        assert_eq!(
+            ds["spec"]["updateStrategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%", "maxSurge": 0}})
+        );
+    }
 
     #[test]
     fn secret_string_data_becomes_data() {

@@ -100,6 +100,20 @@ fn paths_for(r: &Resource, schema: &str) -> Map<String, Value> {
     paths
 }
 
+/// A hook adding schemas beyond the served kinds' to a generator.
+pub(crate) type ExtraSchemas = fn(&mut SchemaGenerator);
+
+/// Every schema definition reachable from the served kinds and from what `extra` adds,
+/// by definition name (`io.k8s.api.core.v1.Pod`).
+pub(crate) fn definitions_with(extra: ExtraSchemas) -> Map<String, Value> {
+    let mut generator = SchemaSettings::openapi3().into_generator();
+    for r in registry::RESOURCES {
+        schema_for(&mut generator, r.kind);
+    }
+    extra(&mut generator);
+    generator.take_definitions(true)
+}
+
 fn build() -> Vec<Doc> {
     let mut gvs: Vec<(&str, &str)> = vec![("", "v1")];
     gvs.extend(registry::groups());
