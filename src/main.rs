@@ -79,6 +79,9 @@ pub struct ServerArgs {
     /// How often to compact store history (kept: one interval), e.g. `5m`, `30s`.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub compaction_interval: Duration,
+    /// Run the built-in controllers (today the garbage collector) in this process.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub controllers: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

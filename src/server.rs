@@ -1,10 +1,16 @@
 //! `ferrokube server`: opens the chosen store, compacts it on schedule and serves the
-//! Kubernetes API over HTTPS (with `/healthz`, `/livez`, `/readyz` open to anyone).
+//! Kubernetes API over HTTPS (with `/healthz`, `/livez`, `/readyz` open to anyone), with
+//! the built-in controllers (the garbage collector) running against it in-process.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use ferrokube_apiserver::{Config, Server};
+use ferrokube_controllers::gc::GarbageCollector;
 use ferrokube_store::{Compactor, Datastore};
-use tracing::info;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tracing::{info, warn};
 
 use crate::ServerArgs;
 
@@ -42,9 +48,34 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         kubeconfig = %args.store.data_dir.join("admin.kubeconfig").display(),
         "apiserver ready"
     );
+    if args.controllers {
+        let client = controllers_client(&args.store.data_dir, server.addr)
+            .await
+            .context("making the controllers' client")?;
+        tokio::spawn(async move {
+            if let Err(e) = GarbageCollector::new(client).run().await {
+                warn!(error = %e, "the garbage collector stopped");
+            }
+        });
+    }
     server.serve(shutdown_signal()).await?;
     info!("server stopped");
     Ok(())
+}
+
+/// A kube-rs client for the in-process controllers: the admin credentials, talking to
+/// this server's own address (loopback when it listens on every address).
+async fn controllers_client(data_dir: &Path, addr: SocketAddr) -> Result<kube::Client> {
+    let kubeconfig = Kubeconfig::read_from(data_dir.join("admin.kubeconfig"))?;
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    config.cluster_url = format!("https://{}", SocketAddr::new(ip, addr.port())).parse()?;
+    Ok(kube::Client::try_from(config)?)
 }
 
 async fn shutdown_signal() {

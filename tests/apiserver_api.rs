@@ -200,6 +200,72 @@ fn errors_are_status_objects(server: &Server) -> Result<()> {
     Ok(())
 }
 
+fn delete_options_are_checked(server: &Server) -> Result<()> {
+    let reply = post(
+        server,
+        "/api/v1/namespaces/default/configmaps",
+        &cm("opts", json!({})),
+    )?;
+    assert_eq!(reply.code, 201, "{}", reply.body);
+    let path = "/api/v1/namespaces/default/configmaps/opts";
+    for options in [
+        json!({"propagationPolicy": "Sideways"}),
+        json!({"propagationPolicy": "Orphan", "orphanDependents": true}),
+    ] {
+        let reply = call(
+            server,
+            "DELETE",
+            path,
+            "application/json",
+            Some(&serde_json::to_vec(&options)?),
+            &[],
+        )?;
+        assert_eq!(
+            status_reason(&reply)?,
+            (422, "Invalid".into()),
+            "{}",
+            reply.body
+        );
+        assert_eq!(
+            get(server, path)?.code,
+            200,
+            "a refused delete removed the object"
+        );
+    }
+    // Orphan marks the object with the collector's finalizer (these servers run without
+    // controllers, so it stays marked); removing the finalizer completes the deletion.
+    let reply = call(
+        server,
+        "DELETE",
+        &format!("{path}?propagationPolicy=Orphan"),
+        "application/json",
+        None,
+        &[],
+    )?;
+    assert_eq!(reply.code, 200, "{}", reply.body);
+    let marked = reply.json()?;
+    assert!(
+        marked["metadata"]["deletionTimestamp"].is_string(),
+        "{marked}"
+    );
+    assert_eq!(marked["metadata"]["finalizers"], json!(["orphan"]));
+    assert_eq!(
+        get(server, path)?.json()?["metadata"]["finalizers"],
+        json!(["orphan"])
+    );
+    let reply = call(
+        server,
+        "PATCH",
+        path,
+        "application/merge-patch+json",
+        Some(br#"{"metadata":{"finalizers":null}}"#),
+        &[],
+    )?;
+    assert_eq!(reply.code, 200, "{}", reply.body);
+    assert_eq!(get(server, path)?.code, 404);
+    Ok(())
+}
+
 fn bodies_names_and_collections(server: &Server) -> Result<()> {
     let yaml = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  a: '1'\n";
     let created = call(
@@ -426,7 +492,8 @@ fn with_server(etcd: Option<Etcd>, case: fn(&Server) -> Result<()>) -> Result<()
     let server = Server::start_with(
         tempfile::tempdir()?,
         etcd,
-        &["--watch-bookmark-interval=1s"],
+        // The API alone: no in-process controllers adding watches or acting on objects.
+        &["--watch-bookmark-interval=1s", "--controllers=false"],
     )?;
     case(&server)
 }
@@ -444,6 +511,7 @@ macro_rules! both_backends {
 
 both_backends!(
     errors_are_status_objects,
+    delete_options_are_checked,
     bodies_names_and_collections,
     watches,
     watch_fan_out_uses_one_store_watch

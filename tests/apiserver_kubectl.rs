@@ -753,6 +753,125 @@ fn imperative_creates_send_protobuf(server: Server) -> Result<()> {
     Ok(())
 }
 
+fn uid(server: &Server, what: &[&str]) -> Result<String> {
+    let mut args = vec!["-n", "gc", "get"];
+    args.extend_from_slice(what);
+    args.extend_from_slice(&["-o", "jsonpath={.metadata.uid}"]);
+    server.ok(&args)
+}
+
+/// A dependent ConfigMap of `owner` (whose uid is `owner_uid`).
+fn dependent(name: &str, owner: &str, owner_uid: &str, block: bool, finalizer: bool) -> String {
+    let finalizers = if finalizer {
+        "  finalizers: [example.com/hold]\n"
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: gc\n{finalizers}  ownerReferences:\n  - {{apiVersion: v1, kind: ConfigMap, name: {owner}, uid: {owner_uid}, blockOwnerDeletion: {block}}}\n"
+    )
+}
+
+fn exists(server: &Server, what: &[&str]) -> Result<bool> {
+    let mut args = vec!["-n", "gc", "get"];
+    args.extend_from_slice(what);
+    args.push("--ignore-not-found");
+    args.extend_from_slice(&["-o", "name"]);
+    Ok(!server.ok(&args)?.trim().is_empty())
+}
+
+fn gone(server: &Server, what: &[&str]) -> Result<()> {
+    ferrokube_testkit::wait_for(
+        &format!("{what:?} to be garbage collected"),
+        Duration::from_secs(60),
+        || Ok((!exists(server, what)?).then_some(())),
+    )
+}
+
+fn garbage_collection_follows_propagation_policy(server: Server) -> Result<()> {
+    server.ok(&["create", "namespace", "gc"])?;
+    // Background (kubectl's default): the owner goes at once, its dependents after.
+    server.ok(&["-n", "gc", "create", "configmap", "owner"])?;
+    let owner = uid(&server, &["cm", "owner"])?;
+    apply(&server, &dependent("dep-a", "owner", &owner, true, false))?;
+    apply(&server, &dependent("dep-b", "owner", &owner, false, false))?;
+    server.ok(&["-n", "gc", "delete", "cm", "owner"])?;
+    gone(&server, &["cm", "dep-a"])?;
+    gone(&server, &["cm", "dep-b"])?;
+
+    // Orphan: the dependents stay, without the reference.
+    server.ok(&["-n", "gc", "create", "configmap", "owner2"])?;
+    let owner2 = uid(&server, &["cm", "owner2"])?;
+    apply(&server, &dependent("dep-c", "owner2", &owner2, true, false))?;
+    server.ok(&["-n", "gc", "delete", "cm", "owner2", "--cascade=orphan"])?;
+    assert!(
+        !exists(&server, &["cm", "owner2"])?,
+        "kubectl --wait returned before the owner went"
+    );
+    let dep = json(&server.ok(&["-n", "gc", "get", "cm", "dep-c", "-o", "json"])?)?;
+    assert!(dep["metadata"].get("ownerReferences").is_none(), "{dep}");
+
+    // Foreground: the owner waits, marked, for its blocking dependents.
+    server.ok(&["-n", "gc", "create", "configmap", "owner3"])?;
+    let owner3 = uid(&server, &["cm", "owner3"])?;
+    apply(&server, &dependent("dep-d", "owner3", &owner3, true, true))?;
+    apply(
+        &server,
+        &dependent("dep-e", "owner3", &owner3, false, false),
+    )?;
+    server.ok(&[
+        "-n",
+        "gc",
+        "delete",
+        "cm",
+        "owner3",
+        "--cascade=foreground",
+        "--wait=false",
+    ])?;
+    gone(&server, &["cm", "dep-e"])?;
+    let held = json(&server.ok(&["-n", "gc", "get", "cm", "dep-d", "-o", "json"])?)?;
+    assert!(held["metadata"]["deletionTimestamp"].is_string(), "{held}");
+    let marked = json(&server.ok(&["-n", "gc", "get", "cm", "owner3", "-o", "json"])?)?;
+    assert!(
+        marked["metadata"]["deletionTimestamp"].is_string(),
+        "{marked}"
+    );
+    assert_eq!(
+        marked["metadata"]["finalizers"],
+        serde_json::json!(["foregroundDeletion"])
+    );
+    server.ok(&[
+        "-n",
+        "gc",
+        "patch",
+        "cm",
+        "dep-d",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ])?;
+    gone(&server, &["cm", "dep-d"])?;
+    gone(&server, &["cm", "owner3"])?;
+
+    // A dependent whose owner never existed is collected; one whose owner lives is not.
+    apply(
+        &server,
+        &dependent(
+            "ghost-child",
+            "ghost",
+            "00000000-0000-0000-0000-000000000000",
+            false,
+            false,
+        ),
+    )?;
+    server.ok(&["-n", "gc", "create", "configmap", "alive"])?;
+    let alive = uid(&server, &["cm", "alive"])?;
+    apply(&server, &dependent("kept", "alive", &alive, false, false))?;
+    gone(&server, &["cm", "ghost-child"])?;
+    assert!(exists(&server, &["cm", "kept"])?);
+    Ok(())
+}
+
 macro_rules! both_backends {
     ($($case:ident),*) => {
         mod embedded {
@@ -773,5 +892,6 @@ both_backends!(
     explain_and_errors,
     services_get_cluster_ips_and_node_ports,
     server_dry_run_and_diff_change_nothing,
-    imperative_creates_send_protobuf
+    imperative_creates_send_protobuf,
+    garbage_collection_follows_propagation_policy
 );

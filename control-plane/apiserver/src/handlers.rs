@@ -14,7 +14,7 @@ use ferrokube_api::patch::{self, PatchType};
 use ferrokube_api::registry::{self, Resource, Subresource};
 use ferrokube_api::selector::{FieldSelector, LabelSelector};
 use ferrokube_api::validate::{self, Refusal};
-use ferrokube_api::{ApiError, ApiResult, defaults, table};
+use ferrokube_api::{ApiError, ApiResult, Cause, defaults, table};
 use ferrokube_store::{EventKind, KeyValue, RangeRequest, Store, StoreError};
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -372,6 +372,45 @@ fn meta_mut(object: &mut Value) -> ApiResult<&mut serde_json::Map<String, Value>
         .get_mut("metadata")
         .and_then(Value::as_object_mut)
         .ok_or_else(|| ApiError::BadRequest("metadata must be an object".into()))
+}
+
+/// The delete propagation policy of a request (DeleteOptions, or the query), checked as
+/// upstream does: one of `Orphan`, `Background`, `Foreground`, and not together with the
+/// deprecated `orphanDependents` (which maps to `Orphan` or `Background`).
+fn propagation_policy<'a>(
+    options: &'a Value,
+    query: &'a HashMap<String, String>,
+) -> ApiResult<Option<&'a str>> {
+    let invalid = |cause: Cause| ApiError::Invalid {
+        group: "meta.k8s.io".into(),
+        kind: "DeleteOptions".into(),
+        name: String::new(),
+        causes: vec![cause],
+    };
+    let policy = options
+        .get("propagationPolicy")
+        .and_then(Value::as_str)
+        .or_else(|| query.get("propagationPolicy").map(String::as_str));
+    let orphan = options
+        .get("orphanDependents")
+        .and_then(Value::as_bool)
+        .or_else(|| query.get("orphanDependents").and_then(|v| v.parse().ok()));
+    match (policy, orphan) {
+        (Some(_), Some(_)) => Err(invalid(Cause {
+            reason: "FieldValueInvalid",
+            field: "propagationPolicy".into(),
+            message: "Invalid value: \"propagationPolicy\": orphanDependents and deletionPropagation cannot be both set".into(),
+        })),
+        (Some(p @ ("Orphan" | "Background" | "Foreground")), None) => Ok(Some(p)),
+        (Some(p), None) => Err(invalid(Cause::not_supported(
+            "propagationPolicy",
+            p,
+            &["Foreground", "Background", "Orphan"],
+        ))),
+        (None, Some(true)) => Ok(Some("Orphan")),
+        (None, Some(false)) => Ok(Some("Background")),
+        (None, None) => Ok(None),
+    }
 }
 
 /// Parses a request body: JSON, or YAML when the content type says so.
@@ -1199,10 +1238,19 @@ impl Api {
             .get("gracePeriodSeconds")
             .and_then(Value::as_i64)
             .or_else(|| query.get("gracePeriodSeconds").and_then(|g| g.parse().ok()));
-        let has_finalizers = current
+        // Orphan and Foreground leave the object marked with the garbage collector's
+        // finalizer; the collector finishes the deletion once the dependents are dealt with.
+        let gc_finalizer = match propagation_policy(options, query)? {
+            Some("Orphan") => Some("orphan"),
+            Some("Foreground") => Some("foregroundDeletion"),
+            _ => None,
+        };
+        let finalizers = current
             .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|f| !f.is_empty());
+            .and_then(Value::as_array);
+        let has_finalizers = finalizers.is_some_and(|f| !f.is_empty());
+        let add_finalizer =
+            gc_finalizer.filter(|f| !finalizers.is_some_and(|list| list.iter().any(|x| x == f)));
         // A pod bound to a node is deleted gracefully: marked, and removed by its kubelet
         // (or at once with gracePeriodSeconds=0).
         let graceful_pod = resource.kind == "Pod"
@@ -1211,24 +1259,35 @@ impl Api {
                 .and_then(Value::as_str)
                 .is_some_and(|n| !n.is_empty())
             && grace != Some(0);
-        if has_finalizers || graceful_pod {
-            if current.pointer("/metadata/deletionTimestamp").is_some() {
+        if has_finalizers || graceful_pod || add_finalizer.is_some() {
+            let marked_already = current.pointer("/metadata/deletionTimestamp").is_some();
+            if marked_already && add_finalizer.is_none() {
                 return Ok(current);
             }
             let mut marked = current.clone();
             let meta = meta_mut(&mut marked)?;
-            meta.insert("deletionTimestamp".into(), json!(now_rfc3339()));
-            let period = grace
-                .or_else(|| {
-                    current
-                        .pointer("/spec/terminationGracePeriodSeconds")
-                        .and_then(Value::as_i64)
-                })
-                .unwrap_or(0);
-            meta.insert(
-                "deletionGracePeriodSeconds".into(),
-                json!(if resource.kind == "Pod" { period } else { 0 }),
-            );
+            if !marked_already {
+                meta.insert("deletionTimestamp".into(), json!(now_rfc3339()));
+                let period = grace
+                    .or_else(|| {
+                        current
+                            .pointer("/spec/terminationGracePeriodSeconds")
+                            .and_then(Value::as_i64)
+                    })
+                    .unwrap_or(0);
+                meta.insert(
+                    "deletionGracePeriodSeconds".into(),
+                    json!(if resource.kind == "Pod" { period } else { 0 }),
+                );
+            }
+            if let Some(finalizer) = add_finalizer {
+                let list = meta.entry("finalizers").or_insert_with(|| json!([]));
+                if let Some(list) = list.as_array_mut() {
+                    list.push(json!(finalizer));
+                } else {
+                    *list = json!([finalizer]);
+                }
+            }
             meta.remove("resourceVersion");
             let key = resource.key(namespace, name);
             let kv = self
