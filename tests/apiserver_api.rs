@@ -266,6 +266,60 @@ fn delete_options_are_checked(server: &Server) -> Result<()> {
     Ok(())
 }
 
+fn per_kind_validation_refuses_and_stores_nothing(server: &Server) -> Result<()> {
+    let cases = [
+        (
+            "/apis/apps/v1/namespaces/default/deployments",
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "bad"},
+                   "spec": {"selector": {"matchLabels": {"a": "b"}},
+                            "strategy": {"type": "Recreate", "rollingUpdate": {"maxSurge": 1}},
+                            "template": {"metadata": {"labels": {"a": "b"}},
+                                         "spec": {"containers": [{"name": "c", "image": "i"}]}}}}),
+            "spec.strategy.rollingUpdate",
+        ),
+        (
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": {"name": "bad"},
+                   "endpoints": [{"addresses": ["10.0.0.1"]}]}),
+            "addressType",
+        ),
+        (
+            "/api/v1/namespaces/default/services",
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "bad"},
+                   "spec": {"ports": [{"port": 80}, {"port": 81, "name": "b"}]}}),
+            "spec.ports[0].name",
+        ),
+        (
+            "/api/v1/namespaces/default/secrets",
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bad"},
+                   "type": "kubernetes.io/tls", "data": {"tls.crt": "eA=="}}),
+            "data[tls.key]",
+        ),
+    ];
+    for (path, object, field) in cases {
+        let reply = post(server, path, &object)?;
+        assert_eq!(
+            status_reason(&reply)?,
+            (422, "Invalid".into()),
+            "{}",
+            reply.body
+        );
+        let causes = reply.json()?["details"]["causes"].clone();
+        assert!(
+            causes
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["field"] == field)),
+            "{path}: no cause for {field}: {causes}"
+        );
+        assert_eq!(
+            get(server, &format!("{path}/bad"))?.code,
+            404,
+            "{path}: stored"
+        );
+    }
+    Ok(())
+}
+
 fn bodies_names_and_collections(server: &Server) -> Result<()> {
     let yaml = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  a: '1'\n";
     let created = call(
@@ -512,6 +566,7 @@ macro_rules! both_backends {
 both_backends!(
     errors_are_status_objects,
     delete_options_are_checked,
+    per_kind_validation_refuses_and_stores_nothing,
     bodies_names_and_collections,
     watches,
     watch_fan_out_uses_one_store_watch

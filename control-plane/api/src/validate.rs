@@ -1,6 +1,9 @@
 //! Validation of objects as upstream does it for the fields that matter: names, label
 //! keys, the typed shape (via `k8s-openapi`), required fields, container names and ports,
-//! config keys, selectors, and immutable fields on update.
+//! config keys, selectors, and immutable fields on update; the per-kind rules are in
+//! `kinds`.
+
+mod kinds;
 
 use std::collections::HashSet;
 
@@ -158,15 +161,24 @@ fn check_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<Cause>) {
         causes.push(Cause::required(format!("{path}.containers")));
         return;
     };
+    let volumes = spec
+        .map(|s| kinds::check_pod_level(s, path, causes))
+        .unwrap_or_default();
     let mut names = HashSet::new();
     let init = spec
         .and_then(|s| s.get("initContainers"))
         .and_then(Value::as_array);
     let all = containers
         .iter()
-        .map(|c| ("containers", c))
-        .chain(init.into_iter().flatten().map(|c| ("initContainers", c)));
-    for (i, (list, container)) in all.enumerate() {
+        .enumerate()
+        .map(|(i, c)| ("containers", i, c))
+        .chain(
+            init.into_iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, c)| ("initContainers", i, c)),
+        );
+    for (list, i, container) in all {
         let at = format!("{path}.{list}[{i}]");
         match container.get("name").and_then(Value::as_str) {
             None | Some("") => causes.push(Cause::required(format!("{at}.name"))),
@@ -200,6 +212,7 @@ fn check_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<Cause>) {
                 causes,
             );
         }
+        kinds::check_container(container, &at, &volumes, causes);
     }
 }
 
@@ -276,9 +289,18 @@ pub fn validate(resource: &Resource, object: &Value) -> Result<(), Refusal> {
                     }
                 }
             }
+            if resource.kind == "Secret" {
+                kinds::check_secret(object, &mut causes);
+            }
         }
         "Pod" => check_pod_spec(object.get("spec"), "spec", &mut causes),
-        "Deployment" | "ReplicaSet" | "DaemonSet" => check_workload(object, &mut causes),
+        "Deployment" | "ReplicaSet" | "DaemonSet" => {
+            check_workload(object, &mut causes);
+            kinds::check_workload_extra(resource.kind, object, &mut causes);
+        }
+        "EndpointSlice" => kinds::check_endpoint_slice(object, &mut causes),
+        "Endpoints" => kinds::check_endpoints(object, &mut causes),
+        "Lease" | "Event" | "Node" => kinds::check_misc(resource.kind, object, &mut causes),
         "Service" => {
             let kind = str_at(object, "/spec/type").unwrap_or("ClusterIP");
             const TYPES: &[&str] = &["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];
@@ -301,6 +323,7 @@ pub fn validate(resource: &Resource, object: &Value) -> Result<(), Refusal> {
                     causes.push(Cause::duplicate(format!("spec.ports[{i}].name"), name));
                 }
             }
+            kinds::check_service(object, &mut causes);
         }
         _ => {}
     }
@@ -315,6 +338,7 @@ pub fn validate(resource: &Resource, object: &Value) -> Result<(), Refusal> {
 pub fn validate_update(resource: &Resource, old: &Value, new: &Value) -> Result<(), Refusal> {
     validate(resource, new)?;
     let mut causes = Vec::new();
+    kinds::check_update(resource.kind, old, new, &mut causes);
     let same = |pointer: &str| old.pointer(pointer) == new.pointer(pointer);
     match resource.kind {
         "Service" => {
