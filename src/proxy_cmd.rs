@@ -1,18 +1,22 @@
 //! `ferrokube proxy`: the node's eBPF Service proxy (library: `ferrokube-proxy`).
 //!
-//! - `ferrokube proxy --node NAME --from-file F [--cgroup DIR]`: load or adopt the
-//!   dataplane, apply the Services and EndpointSlices in F, and re-apply when F changes,
-//!   until SIGINT/SIGTERM (`--once`: apply and exit; the pinned programs keep working);
+//! - `ferrokube proxy --node NAME --kubeconfig F [--cgroup DIR]`: load or adopt the
+//!   dataplane and keep it in step with the apiserver's Services and EndpointSlices
+//!   (kube-rs watchers) until SIGINT/SIGTERM;
+//! - `ferrokube proxy --node NAME --from-file F [--cgroup DIR]`: the same from a YAML file,
+//!   re-applied when it changes (`--once`: apply and exit; the pinned programs keep
+//!   working);
 //! - `ferrokube proxy list [--node NAME]`: frontends, backends and counters from the pins;
 //! - `ferrokube proxy reset --node NAME`: remove the node's pins (detaches the programs).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use ferrokube_proxy::{Agent, Config, Sizes, bpffs, list, source};
 use futures::StreamExt as _;
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use tracing::info;
 
 #[derive(Debug, Clone, Args)]
@@ -51,6 +55,9 @@ struct RunArgs {
     /// This node's name (pins live in <bpffs>/ferrokube/<node>/).
     #[arg(long)]
     node: Option<String>,
+    /// Watch Services and EndpointSlices through the apiserver this kubeconfig names.
+    #[arg(long, conflicts_with = "from_file")]
+    kubeconfig: Option<PathBuf>,
     /// Services and EndpointSlices as (multi-document) YAML.
     #[arg(long)]
     from_file: Option<PathBuf>,
@@ -60,7 +67,8 @@ struct RunArgs {
     /// bpffs mount point (mounted when missing).
     #[arg(long, default_value = bpffs::DEFAULT_BPFFS)]
     bpffs: PathBuf,
-    /// Apply the file once and exit (the pinned dataplane keeps serving).
+    /// Apply the file (or the apiserver's first snapshot) once and exit (the pinned
+    /// dataplane keeps serving).
     #[arg(long)]
     once: bool,
     /// How often to check the file for changes.
@@ -100,9 +108,6 @@ async fn serve(args: RunArgs) -> Result<()> {
     let Some(node) = args.node else {
         bail!("--node is required");
     };
-    let Some(file) = args.from_file else {
-        bail!("--from-file is required (watching the apiserver comes with the API server)");
-    };
     let mut config = Config::new(node, args.cgroup);
     config.bpffs = args.bpffs;
     config.sizes = Sizes {
@@ -110,6 +115,12 @@ async fn serve(args: RunArgs) -> Result<()> {
         backends: args.max_backends,
         slots: args.max_slots,
         ..Sizes::default()
+    };
+    if let Some(kubeconfig) = args.kubeconfig {
+        return serve_apiserver(&config, &kubeconfig, args.once).await;
+    }
+    let Some(file) = args.from_file else {
+        bail!("one of --kubeconfig or --from-file is required");
     };
     let first = source::read_file(&file)?;
     let mut agent = Agent::start(&config).context("starting the dataplane")?;
@@ -135,11 +146,52 @@ async fn serve(args: RunArgs) -> Result<()> {
         },
     )
     .boxed();
+    run_until_signal(&mut agent, changes).await
+}
+
+async fn run_until_signal(
+    agent: &mut Agent,
+    inputs: futures::stream::BoxStream<
+        'static,
+        Result<ferrokube_proxy::sync::Input, source::SourceError>,
+    >,
+) -> Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = agent.run(changes) => {}
+        _ = agent.run(inputs) => {}
         _ = tokio::signal::ctrl_c() => info!("interrupted; the pinned dataplane keeps serving"),
         _ = terminate.recv() => info!("terminated; the pinned dataplane keeps serving"),
     }
     Ok(())
+}
+
+/// Follows the apiserver: the first snapshot is applied before serving (so `--once` and a
+/// restart leave the maps matching the API), then every change.
+async fn serve_apiserver(config: &Config, kubeconfig: &Path, once: bool) -> Result<()> {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let client_config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    let client = kube::Client::try_from(client_config)?;
+    let mut inputs = source::watch(client);
+    let mut agent = Agent::start(config).context("starting the dataplane")?;
+    loop {
+        match inputs.next().await {
+            Some(Ok(first)) => {
+                let stats = agent.apply(first)?;
+                info!(
+                    writes = stats.total(),
+                    ?stats,
+                    "applied the apiserver's Services and EndpointSlices"
+                );
+                break;
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "waiting for the apiserver"),
+            None => bail!("the apiserver watch ended before its first list"),
+        }
+    }
+    if once {
+        return Ok(());
+    }
+    run_until_signal(&mut agent, inputs).await
 }

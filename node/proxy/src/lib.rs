@@ -8,7 +8,7 @@
 //! - [`sync`]: diff-apply onto the maps ([`maps::MapOps`]);
 //! - [`maps`]: the kernel maps (and an in-memory stand-in);
 //! - [`loader`], [`bpffs`]: programs, cgroup attachment, pins, adoption on restart;
-//! - [`source`]: inputs (a YAML file today);
+//! - [`source`]: inputs (a YAML file, or the apiserver through kube-rs);
 //! - [`agent`]: all of the above, driven by a stream;
 //! - [`list`]: what `ferrokube proxy list` prints.
 
