@@ -1,11 +1,17 @@
 //! The node agent: loads (or adopts) the dataplane and feeds the sync layer from a
 //! stream of inputs until the stream ends.
 
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use ferrokube_ebpf_common::{RevNatKey, RevNatValue};
 use futures::{Stream, StreamExt as _};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::loader::{Config, Dataplane, LoadError};
 use crate::maps::KernelMaps;
+use crate::model::BackendAddr;
+use crate::sockets;
 use crate::source::SourceError;
 use crate::sync::{ApplyStats, Input, Limits, SyncError, Syncer};
 
@@ -25,6 +31,10 @@ pub enum AgentError {
 pub struct Agent {
     dataplane: Dataplane,
     syncer: Syncer<KernelMaps>,
+    /// The load-balanced cgroup: where the sockets to destroy live.
+    cgroup: PathBuf,
+    /// Sockets destroyed because their backend went away.
+    destroyed: u64,
 }
 
 impl Agent {
@@ -36,7 +46,12 @@ impl Agent {
             max_backends: config.sizes.backends,
         };
         let syncer = Syncer::adopt(maps, &config.node, limits)?;
-        Ok(Self { dataplane, syncer })
+        Ok(Self {
+            dataplane,
+            syncer,
+            cgroup: config.cgroup.clone(),
+            destroyed: 0,
+        })
     }
 
     /// The loaded programs.
@@ -49,9 +64,34 @@ impl Agent {
         &self.syncer
     }
 
-    /// Applies one input.
+    /// Applies one input, then destroys the sockets our programs sent to backends it
+    /// removed (see [`crate::sockets`]).
     pub fn apply(&mut self, input: Input) -> Result<ApplyStats, SyncError> {
-        self.syncer.apply(input)
+        let result = self.syncer.apply(input);
+        let gone = self.syncer.take_removed_backends();
+        if !gone.is_empty() {
+            let revnat = RevNat::open(self.dataplane.pin_dir());
+            let translated = |cookie: u64, backend: &BackendAddr| {
+                revnat
+                    .as_ref()
+                    .is_some_and(|r| r.translated(cookie, backend))
+            };
+            let n = sockets::destroy(&self.cgroup, &gone, &translated);
+            self.destroyed += n as u64;
+            if n > 0 {
+                info!(
+                    destroyed = n,
+                    backends = gone.len(),
+                    "destroyed sockets to removed backends"
+                );
+            }
+        }
+        result
+    }
+
+    /// Sockets destroyed so far because their backend went away.
+    pub fn destroyed_sockets(&self) -> u64 {
+        self.destroyed
     }
 
     /// Applies inputs until the stream ends. A bad input or a failed apply (a full map)
@@ -94,4 +134,30 @@ pub struct RunStats {
     pub applied: u64,
     /// Inputs that failed.
     pub errors: u64,
+}
+
+/// The pinned reverse-translation map: which socket (cookie) was sent to which backend.
+struct RevNat(BpfHashMap<MapData, RevNatKey, RevNatValue>);
+
+impl RevNat {
+    fn open(pin_dir: &Path) -> Option<Self> {
+        let path = pin_dir.join("FK_REVNAT");
+        let data = MapData::from_pin(&path)
+            .map_err(|e| warn!(path = %path.display(), error = %e, "cannot open the reverse-translation map"))
+            .ok()?;
+        BpfHashMap::try_from(Map::LruHashMap(data)).ok().map(Self)
+    }
+
+    fn translated(&self, cookie: u64, backend: &BackendAddr) -> bool {
+        let value = backend.value();
+        let key = RevNatKey {
+            cookie,
+            addr: value.addr,
+            port: value.port,
+            family: value.family,
+            pad: 0,
+            pad2: 0,
+        };
+        self.0.get(&key, 0).is_ok()
+    }
 }

@@ -9,6 +9,7 @@
 //! - [`maps`]: the kernel maps (and an in-memory stand-in);
 //! - [`loader`], [`bpffs`]: programs, cgroup attachment, pins, adoption on restart;
 //! - [`source`]: inputs (a YAML file, or the apiserver through kube-rs);
+//! - [`sockets`]: destroying the sockets sent to backends that are gone;
 //! - [`agent`]: all of the above, driven by a stream;
 //! - [`list`]: what `ferrokube proxy list` prints.
 
@@ -18,6 +19,7 @@ pub mod list;
 pub mod loader;
 pub mod maps;
 pub mod model;
+pub mod sockets;
 pub mod source;
 pub mod sync;
 

@@ -4,9 +4,13 @@
 //!
 //! ```text
 //! ferrokube-lbprobe --cgroup DIR --netns /run/netns/NAME tcp|udp|udp-connected ADDR COUNT
+//! ferrokube-lbprobe --cgroup DIR --netns /run/netns/NAME tcp-hold|udp-hold ADDR SECONDS
 //! ```
 //! `tcp`: connect, send, read the reply, `getpeername`. `udp`: `sendto`, `recvfrom` (the
 //! peer is the reply's source). `udp-connected`: `connect`, `getpeername`, send, receive.
+//! `tcp-hold`, `udp-hold`: one connected socket, one exchange (`ok ...`), then an exchange
+//! every 50 ms on the same socket until one fails (`err <kind>`) or SECONDS pass (`held`);
+//! used to see established sockets destroyed when their backend goes.
 //! Used by the dataplane tests and the lab.
 
 use std::io::{Read, Write};
@@ -45,6 +49,9 @@ fn main() -> Result<()> {
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    if let Some(proto) = mode.strip_suffix("-hold") {
+        return hold(proto, addr, Duration::from_secs(u64::from(count)), &mut out);
+    }
     for _ in 0..count {
         let line = match once(mode, addr) {
             Ok((peer, reply)) => format!("ok {peer} {reply}"),
@@ -52,6 +59,75 @@ fn main() -> Result<()> {
         };
         writeln!(out, "{line}")?;
     }
+    Ok(())
+}
+
+/// One connected socket, exchanged on until it fails or `for_how_long` passes.
+fn hold(proto: &str, addr: SocketAddr, for_how_long: Duration, out: &mut impl Write) -> Result<()> {
+    enum Held {
+        Tcp(TcpStream),
+        Udp(UdpSocket),
+    }
+    let exchange = |held: &mut Held| -> std::io::Result<String> {
+        let mut buf = [0u8; 64];
+        let n = match held {
+            Held::Tcp(stream) => {
+                stream.write_all(b"hello\n")?;
+                stream.read(&mut buf)?
+            }
+            Held::Udp(socket) => {
+                socket.send(b"hello\n")?;
+                socket.recv(&mut buf)?
+            }
+        };
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed",
+            ));
+        }
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let connected = match proto {
+        "tcp" => TcpStream::connect_timeout(&addr, TIMEOUT).and_then(|s| {
+            s.set_read_timeout(Some(TIMEOUT))?;
+            Ok(Held::Tcp(s))
+        }),
+        "udp" => UdpSocket::bind("0.0.0.0:0").and_then(|s| {
+            s.set_read_timeout(Some(TIMEOUT))?;
+            s.connect(addr)?;
+            Ok(Held::Udp(s))
+        }),
+        other => bail!("unknown mode {other}-hold"),
+    };
+    let mut held = match connected {
+        Ok(held) => held,
+        Err(e) => {
+            writeln!(out, "err {}", kind(&e))?;
+            return Ok(());
+        }
+    };
+    let peer = match &held {
+        Held::Tcp(s) => s.peer_addr(),
+        Held::Udp(s) => s.peer_addr(),
+    };
+    match peer.and_then(|peer| Ok((peer, exchange(&mut held)?))) {
+        Ok((peer, reply)) => writeln!(out, "ok {peer} {reply}")?,
+        Err(e) => {
+            writeln!(out, "err {}", kind(&e))?;
+            return Ok(());
+        }
+    }
+    out.flush()?;
+    let start = std::time::Instant::now();
+    while start.elapsed() < for_how_long {
+        std::thread::sleep(Duration::from_millis(50));
+        if let Err(e) = exchange(&mut held) {
+            writeln!(out, "err {}", kind(&e))?;
+            return Ok(());
+        }
+    }
+    writeln!(out, "held")?;
     Ok(())
 }
 

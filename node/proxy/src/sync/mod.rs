@@ -176,6 +176,8 @@ pub struct Syncer<M> {
     service_ids: Ids,
     backend_id_pool: Ids,
     limits: Limits,
+    /// Backends removed from the maps since [`Syncer::take_removed_backends`].
+    removed: Vec<BackendAddr>,
 }
 
 impl<M: MapOps> Syncer<M> {
@@ -194,6 +196,7 @@ impl<M: MapOps> Syncer<M> {
             service_ids: Ids::new("service", limits.max_services),
             backend_id_pool: Ids::new("backend", limits.max_backends),
             limits,
+            removed: Vec::new(),
         };
         syncer.readopt()?;
         Ok(syncer)
@@ -295,6 +298,17 @@ impl<M: MapOps> Syncer<M> {
     /// The desired frontends and their backends.
     pub fn desired(&self) -> &Desired {
         &self.desired
+    }
+
+    /// The backends removed from the maps (no frontend uses them any more) since the last
+    /// call: the sockets sent to them are to be destroyed. A backend that came back in
+    /// the meantime is not listed.
+    pub fn take_removed_backends(&mut self) -> Vec<BackendAddr> {
+        let mut removed = std::mem::take(&mut self.removed);
+        removed.retain(|b| !self.backend_ids.contains_key(b));
+        removed.sort_unstable();
+        removed.dedup();
+        removed
     }
 
     /// Applies one input and returns what it wrote. On failure (a full map) the maps may
@@ -405,6 +419,7 @@ impl<M: MapOps> Syncer<M> {
                 let addr = *addr;
                 self.maps.delete_backend(id)?;
                 stats.backend_deletes += 1;
+                self.removed.push(addr);
                 self.backend_refs.remove(&id);
                 self.backend_ids.remove(&addr);
                 self.backend_id_pool.release(id);
