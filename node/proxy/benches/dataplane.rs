@@ -7,201 +7,17 @@
 //! Arguments: `--out FILE` (JSON), `--sizes 1,1000,10000,30000`.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::io::Write as _;
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use anyhow::{Context, Result};
+use common::{BACKENDS, iptables_rules, objects, restore};
 use ferrokube_proxy::sync::{Input, Object};
 use ferrokube_proxy::{Agent, Config, Sizes, bpffs};
 use ferrokube_testkit::netlab::{TestCgroup, unique_name};
 use ferrokube_testkit::netns::Netns;
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-
-const BACKENDS: u32 = 10;
-
-fn vip(i: u32) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i + 1)
-}
-
-fn pod(i: u32, j: u32) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i * BACKENDS + j + 1)
-}
-
-fn objects(n: u32, changed: Option<u32>) -> Vec<Object> {
-    let mut out = Vec::with_capacity(2 * n as usize);
-    for i in 0..n {
-        let name = format!("svc-{i}");
-        out.push(Object::Service(Box::new(Service {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some("default".into()),
-                ..Default::default()
-            },
-            spec: Some(ServiceSpec {
-                cluster_ip: Some(vip(i).to_string()),
-                ports: Some(vec![ServicePort {
-                    name: Some("http".into()),
-                    port: 80,
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            status: None,
-        })));
-        let endpoints = (0..BACKENDS)
-            .map(|j| {
-                // The change: one endpoint of one Service replaced by a new address.
-                let ip = if changed == Some(i) && j == 0 {
-                    Ipv4Addr::new(10, 127, 255, 1)
-                } else {
-                    pod(i, j)
-                };
-                Endpoint {
-                    addresses: vec![ip.to_string()],
-                    ..Default::default()
-                }
-            })
-            .collect();
-        out.push(Object::Slice(Box::new(EndpointSlice {
-            metadata: ObjectMeta {
-                name: Some(format!("{name}-1")),
-                namespace: Some("default".into()),
-                labels: Some(BTreeMap::from([(
-                    "kubernetes.io/service-name".into(),
-                    name,
-                )])),
-                ..Default::default()
-            },
-            address_type: "IPv4".into(),
-            endpoints: Some(endpoints),
-            ports: Some(vec![EndpointPort {
-                name: Some("http".into()),
-                port: Some(8080),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
-        })));
-    }
-    out
-}
-
-/// kube-proxy's iptables layout (iptables mode): KUBE-SERVICES -> KUBE-SVC-* with
-/// `statistic --mode random` -> KUBE-SEP-* (masquerade mark for hairpin, DNAT). With
-/// `only = Some(i)` it is the partial restore kube-proxy (>= 1.27, MinimizeIPTablesRestore)
-/// sends for a change to Service i: every chain declared, KUBE-SERVICES in full, rules
-/// only for the changed Service.
-fn iptables_rules(n: u32, only: Option<u32>, changed: Option<u32>) -> String {
-    let mut chains = String::from("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n");
-    let mut rules = String::new();
-    if only.is_none() {
-        rules.push_str(
-            "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
-        );
-        rules.push_str(
-            "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
-        );
-        rules.push_str("-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n");
-    }
-    for i in 0..n {
-        let svc = format!("KUBE-SVC-{i:016X}");
-        let _ = writeln!(chains, ":{svc} - [0:0]");
-        let _ = writeln!(
-            rules,
-            "-A KUBE-SERVICES -d {}/32 -p tcp -m comment --comment \"default/svc-{i}:http cluster IP\" -m tcp --dport 80 -j {svc}",
-            vip(i)
-        );
-        let write_rules = only.is_none_or(|o| o == i);
-        for j in 0..BACKENDS {
-            let sep = format!("KUBE-SEP-{:016X}", i * BACKENDS + j);
-            let _ = writeln!(chains, ":{sep} - [0:0]");
-            if !write_rules {
-                continue;
-            }
-            let ip = if changed == Some(i) && j == 0 {
-                Ipv4Addr::new(10, 127, 255, 1)
-            } else {
-                pod(i, j)
-            };
-            let comment = format!("-m comment --comment \"default/svc-{i}:http\"");
-            if j + 1 < BACKENDS {
-                let p = 1.0 / f64::from(BACKENDS - j);
-                let _ = writeln!(
-                    rules,
-                    "-A {svc} {comment} -m statistic --mode random --probability {p:.10} -j {sep}"
-                );
-            } else {
-                let _ = writeln!(rules, "-A {svc} {comment} -j {sep}");
-            }
-            let _ = writeln!(rules, "-A {sep} -s {ip}/32 {comment} -j KUBE-MARK-MASQ");
-            let _ = writeln!(
-                rules,
-                "-A {sep} -p tcp {comment} -m tcp -j DNAT --to-destination {ip}:8080"
-            );
-        }
-    }
-    chains + &rules + "COMMIT\n"
-}
-
-/// Runs one restore: its time, or why there is none (killed after `limit`, or the tool
-/// refused the input: iptables-legacy fails to commit very large tables here).
-fn restore(
-    netns: &Netns,
-    tool: &str,
-    rules: &str,
-    noflush: bool,
-    limit: Duration,
-) -> Result<Result<Duration, String>> {
-    let mut command = Command::new("nsenter");
-    command
-        .arg(format!("--net={}", netns.path().display()))
-        .arg(tool)
-        .arg("-w");
-    if noflush {
-        command.arg("--noflush");
-    }
-    let start = Instant::now();
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running {tool}"))?;
-    // Fed from a thread: the restore tools parse as they read, so a slow one would
-    // otherwise hold us in `write_all` past the time limit.
-    let mut stdin = child.stdin.take().context("stdin")?;
-    let input = rules.to_string();
-    let feeder = std::thread::spawn(move || {
-        // A killed child closes the pipe: that error is expected.
-        let _ = stdin.write_all(input.as_bytes());
-    });
-    loop {
-        if let Some(status) = child.try_wait()? {
-            let elapsed = start.elapsed();
-            let _ = feeder.join();
-            let out = child.wait_with_output()?;
-            if !status.success() {
-                let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
-                eprintln!("{tool}: {why}");
-                return Ok(Err(format!("failed: {why}")));
-            }
-            return Ok(Ok(elapsed));
-        }
-        if start.elapsed() > limit {
-            // Our own child, by its handle.
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = feeder.join();
-            return Ok(Err(format!("killed after {}s", limit.as_secs())));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -242,11 +58,11 @@ fn ours(n: u32) -> Result<(Duration, Duration, usize)> {
     };
     let pins = Pins(config.clone());
     let mut agent = Agent::start(&pins.0)?;
-    let all = objects(n, None);
+    let all = objects(n, None, None);
     let start = Instant::now();
     agent.apply(Input::Snapshot(all))?;
     let full = start.elapsed();
-    let changed = objects(n, Some(n / 2));
+    let changed = objects(n, Some(n / 2), None);
     let slice = changed
         .into_iter()
         .nth((n / 2 * 2 + 1) as usize)
@@ -303,13 +119,19 @@ fn main() -> Result<()> {
         let mut ipt = BTreeMap::new();
         for tool in ["iptables-nft-restore", "iptables-legacy-restore"] {
             let netns = Netns::new("bench")?;
-            let full = restore(&netns, tool, &iptables_rules(n, None, None), false, limit)?;
+            let full = restore(
+                &netns,
+                tool,
+                &iptables_rules(n, None, None, None),
+                false,
+                limit,
+            )?;
             // A change only makes sense on top of a complete load.
             let change = match &full {
                 Ok(_) => restore(
                     &netns,
                     tool,
-                    &iptables_rules(n, Some(n / 2), Some(n / 2)),
+                    &iptables_rules(n, Some(n / 2), Some(n / 2), None),
                     true,
                     limit,
                 )?,

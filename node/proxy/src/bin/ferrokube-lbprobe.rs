@@ -5,12 +5,16 @@
 //! ```text
 //! ferrokube-lbprobe --cgroup DIR --netns /run/netns/NAME tcp|udp|udp-connected ADDR COUNT
 //! ferrokube-lbprobe --cgroup DIR --netns /run/netns/NAME tcp-hold|udp-hold ADDR SECONDS
+//! ferrokube-lbprobe --cgroup DIR --netns /run/netns/NAME bench-short|bench-rr ADDR[,ADDR..] SECONDS THREADS
 //! ```
 //! `tcp`: connect, send, read the reply, `getpeername`. `udp`: `sendto`, `recvfrom` (the
 //! peer is the reply's source). `udp-connected`: `connect`, `getpeername`, send, receive.
 //! `tcp-hold`, `udp-hold`: one connected socket, one exchange (`ok ...`), then an exchange
 //! every 50 ms on the same socket until one fails (`err <kind>`) or SECONDS pass (`held`);
 //! used to see established sockets destroyed when their backend goes.
+//! `bench-short`: THREADS threads each connect, exchange one request and close, over and
+//! over; `bench-rr`: each thread exchanges on one connection; both for SECONDS, cycling
+//! through the addresses, then print `ops N errors E` (the dataplane benchmark's client).
 //! Used by the dataplane tests and the lab.
 
 use std::io::{Read, Write};
@@ -32,6 +36,26 @@ fn main() -> Result<()> {
             "--netns" => netns = it.next().map(PathBuf::from),
             _ => rest.push(arg),
         }
+    }
+    if let [mode, addrs, seconds, threads] = rest.as_slice()
+        && mode.starts_with("bench-")
+    {
+        let addrs: Vec<SocketAddr> = addrs
+            .split(',')
+            .map(|a| a.parse().context("ADDR"))
+            .collect::<Result<_>>()?;
+        let seconds: u64 = seconds.parse().context("SECONDS")?;
+        let threads: usize = threads.parse().context("THREADS")?;
+        if let Some(cgroup) = &cgroup {
+            std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string())
+                .with_context(|| format!("joining cgroup {}", cgroup.display()))?;
+        }
+        if let Some(netns) = &netns {
+            enter_netns(netns)?;
+        }
+        let (ops, errors) = bench(mode, &addrs, Duration::from_secs(seconds), threads)?;
+        println!("ops {ops} errors {errors}");
+        return Ok(());
     }
     let [mode, addr, count] = rest.as_slice() else {
         bail!(
@@ -129,6 +153,80 @@ fn hold(proto: &str, addr: SocketAddr, for_how_long: Duration, out: &mut impl Wr
     }
     writeln!(out, "held")?;
     Ok(())
+}
+
+/// The benchmark client: `(operations, errors)` over all threads.
+fn bench(
+    mode: &str,
+    addrs: &[SocketAddr],
+    duration: Duration,
+    threads: usize,
+) -> Result<(u64, u64)> {
+    let short = match mode {
+        "bench-short" => true,
+        "bench-rr" => false,
+        other => bail!("unknown mode {other}"),
+    };
+    let deadline = std::time::Instant::now() + duration;
+    let exchange = |stream: &mut TcpStream| -> std::io::Result<()> {
+        let mut buf = [0u8; 64];
+        stream.write_all(b"ping\n")?;
+        if stream.read(&mut buf)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed",
+            ));
+        }
+        Ok(())
+    };
+    let results: Vec<(u64, u64)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    let (mut ops, mut errors) = (0u64, 0u64);
+                    let mut i = t;
+                    let mut held: Option<TcpStream> = None;
+                    while std::time::Instant::now() < deadline {
+                        let addr = addrs[i % addrs.len()];
+                        i += 1;
+                        let result = if short {
+                            TcpStream::connect_timeout(&addr, TIMEOUT).and_then(|mut s| {
+                                s.set_nodelay(true)?;
+                                s.set_read_timeout(Some(TIMEOUT))?;
+                                exchange(&mut s)
+                            })
+                        } else {
+                            let stream = match held.take() {
+                                Some(s) => Ok(s),
+                                None => TcpStream::connect_timeout(&addr, TIMEOUT).and_then(|s| {
+                                    s.set_nodelay(true)?;
+                                    s.set_read_timeout(Some(TIMEOUT))?;
+                                    Ok(s)
+                                }),
+                            };
+                            stream.and_then(|mut s| {
+                                exchange(&mut s)?;
+                                held = Some(s);
+                                Ok(())
+                            })
+                        };
+                        match result {
+                            Ok(()) => ops += 1,
+                            Err(_) => errors += 1,
+                        }
+                    }
+                    (ops, errors)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or((0, 1)))
+            .collect()
+    });
+    Ok(results
+        .into_iter()
+        .fold((0, 0), |(a, b), (c, d)| (a + c, b + d)))
 }
 
 fn enter_netns(path: &PathBuf) -> Result<()> {
