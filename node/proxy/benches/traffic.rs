@@ -293,7 +293,6 @@ fn main() -> Result<()> {
         slots: 320_000,
         revnat: 65_536,
         affinity: 1024,
-        ..Sizes::default()
     };
     let pins = Pins(config.clone());
     let mut agent = Agent::start(&pins.0)?;

@@ -138,7 +138,6 @@ async fn services_and_slices_from_the_apiserver_reach_the_kernel() -> Result<()>
         slots: 256,
         revnat: 256,
         affinity: 256,
-        ..Sizes::default()
     };
     let _pins = Pins {
         bpffs: config.bpffs.clone(),

@@ -194,7 +194,6 @@ fn sockets_to_a_removed_backend_are_destroyed_and_direct_ones_kept() -> Result<(
         slots: 256,
         revnat: 1024,
         affinity: 256,
-        ..Sizes::default()
     };
     let _pins = Pins {
         bpffs: config.bpffs.clone(),
