@@ -1,7 +1,8 @@
 //! `ferrokube proxy`: the node's eBPF Service proxy (library: `ferrokube-proxy`).
 //!
-//! - `ferrokube proxy --node NAME --from-file F [--cgroup DIR]`: load or adopt the
-//!   dataplane, apply the Services and EndpointSlices in F, and re-apply when F changes,
+//! - `ferrokube proxy --node NAME --from-file F [--cgroup DIR] [--interface IF
+//!   [--node-ip IP]...]`: load or adopt the dataplane (with `--interface`, also the tc
+//!   NodePort/ExternalIP/LoadBalancer programs on that interface), apply the Services and EndpointSlices in F, and re-apply when F changes,
 //!   until SIGINT/SIGTERM (`--once`: apply and exit; the pinned programs keep working);
 //! - `ferrokube proxy list [--node NAME]`: frontends, backends and counters from the pins;
 //! - `ferrokube proxy reset --node NAME`: remove the node's pins (detaches the programs).
@@ -35,7 +36,7 @@ enum ProxyCommand {
         #[arg(long, default_value = bpffs::DEFAULT_BPFFS)]
         bpffs: PathBuf,
     },
-    /// Remove a node's pinned programs and maps.
+    /// Remove a node's pinned programs and maps (detaches the cgroup and tc programs).
     Reset {
         /// The node.
         #[arg(long)]
@@ -60,6 +61,14 @@ struct RunArgs {
     /// bpffs mount point (mounted when missing).
     #[arg(long, default_value = bpffs::DEFAULT_BPFFS)]
     bpffs: PathBuf,
+    /// The node's external interface: NodePort, ExternalIP and LoadBalancer IP traffic
+    /// arriving on it is translated by tc programs (TCX, kernel >= 6.6).
+    #[arg(long)]
+    interface: Option<String>,
+    /// A node address for NodePort frontends (repeatable; the first is the SNAT address).
+    /// Default: the IPv4 addresses of --interface.
+    #[arg(long = "node-ip")]
+    node_ips: Vec<std::net::Ipv4Addr>,
     /// Apply the file once and exit (the pinned dataplane keeps serving).
     #[arg(long)]
     once: bool,
@@ -105,6 +114,8 @@ async fn serve(args: RunArgs) -> Result<()> {
     };
     let mut config = Config::new(node, args.cgroup);
     config.bpffs = args.bpffs;
+    config.interface = args.interface;
+    config.node_ips = args.node_ips;
     config.sizes = Sizes {
         services: args.max_services,
         backends: args.max_backends,

@@ -49,6 +49,8 @@ pub struct FrontendReport {
     pub counters: Counters,
     /// Session affinity timeout in seconds (zero: none).
     pub affinity_timeout: u32,
+    /// A NodePort, ExternalIP or LoadBalancer IP frontend (translated from outside too).
+    pub external: bool,
     /// Its backends in slot order.
     pub backends: Vec<BackendReport>,
 }
@@ -114,6 +116,7 @@ pub fn report(maps: &impl MapOps) -> Result<Vec<FrontendReport>, MapsError> {
             service_id: value.service_id,
             counters: maps.service_counters(value.service_id)?,
             affinity_timeout: value.affinity_timeout,
+            external: value.flags & ferrokube_ebpf_common::SERVICE_EXTERNAL != 0,
             backends: list,
         });
     }
@@ -134,8 +137,9 @@ pub fn render(reports: &[NodeReport]) -> String {
         for f in &node.frontends {
             let _ = writeln!(
                 out,
-                "  {:<28} id {:<6} translated {:<8} refused {}{}{}",
+                "  {:<28} {:<8} id {:<6} translated {:<8} refused {}{}{}",
                 f.frontend.to_string(),
+                if f.external { "external" } else { "cluster" },
                 f.service_id,
                 f.counters.translations,
                 f.counters.refused,
@@ -153,10 +157,11 @@ pub fn render(reports: &[NodeReport]) -> String {
             for b in &f.backends {
                 let _ = writeln!(
                     out,
-                    "    -> {:<25} id {:<6} translated {}",
+                    "    -> {:<25} id {:<6} translated {}{}",
                     b.addr.to_string(),
                     b.id,
-                    b.counters.translations
+                    b.counters.translations,
+                    if b.addr.local { "  (local)" } else { "" }
                 );
             }
         }

@@ -48,6 +48,7 @@ impl Harness {
                 slots: 1024,
                 revnat: 1024,
                 affinity: 1024,
+                ct: 1024,
             },
         )
     }
@@ -453,6 +454,7 @@ fn a_full_map_is_a_clear_error_and_the_dataplane_stays_consistent() -> Result<()
             slots: 4,
             revnat: 64,
             affinity: 64,
+            ct: 64,
         },
     )?;
     let pods: Vec<String> = (0..3).map(|i| h.pod(i)).collect();

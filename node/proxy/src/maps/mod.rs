@@ -11,7 +11,7 @@ pub use memory::MemoryMaps;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ferrokube_ebpf_common::{
-    Backend, Counters, FAMILY_V4, FAMILY_V6, ServiceKey, ServiceValue, SlotKey,
+    BACKEND_LOCAL, Backend, Counters, FAMILY_V4, FAMILY_V6, ServiceKey, ServiceValue, SlotKey,
 };
 
 use crate::model::{BackendAddr, Frontend, Protocol};
@@ -137,6 +137,8 @@ impl BackendAddr {
             port: self.port.to_be(),
             proto: self.proto.number(),
             family,
+            flags: if self.local { BACKEND_LOCAL } else { 0 },
+            pad: [0; 3],
         }
     }
 
@@ -146,6 +148,7 @@ impl BackendAddr {
             ip: words_addr(value.addr, value.family)?,
             port: u16::from_be(value.port),
             proto: Protocol::from_number(value.proto)?,
+            local: value.flags & BACKEND_LOCAL != 0,
         })
     }
 }

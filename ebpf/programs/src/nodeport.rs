@@ -1,0 +1,363 @@
+//! NodePort, ExternalIP and LoadBalancer IP traffic from outside the node: tc ingress and
+//! egress on the node's external interface (IPv4, TCP and UDP).
+//!
+//! Ingress:
+//! 1. a reply from a remote backend to a SNAT port ([`CT_SNAT_IN`]): the destination goes
+//!    back to the client; the kernel forwards it out, and egress restores the frontend;
+//! 2. a packet to an external frontend (`SERVICE_EXTERNAL`): an existing flow
+//!    ([`CT_FORWARD`]) keeps its backend (a terminating backend keeps its connections);
+//!    a new one picks a backend (random slot, or the client's previous one under
+//!    `sessionAffinity: ClientIP`), records the flow, and is DNATed; the kernel routes
+//!    it to a local pod or, for a remote backend, back out of this interface;
+//! 3. a frontend with no backend: counted as refused and passed to the host stack, which
+//!    answers at once (TCP RST, ICMP port unreachable) as nothing listens there.
+//!
+//! Egress: a backend's reply to a client ([`CT_REPLY`]) gets the frontend as its source;
+//! a flow to a remote backend ([`CT_SNAT_OUT`]) gets the node address and a SNAT port as
+//! its source, so the reply comes back through this node.
+//!
+//! Checksums are fixed with `bpf_l3_csum_replace` / `bpf_l4_csum_replace` (pseudo-header
+//! aware; a UDP checksum of zero stays zero).
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK},
+    helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    macros::classifier,
+    programs::TcContext,
+};
+use ferrokube_ebpf_common::{
+    AffinityValue, BACKEND_LOCAL, ClientAffinityKey, CtKey, CtValue, FAMILY_V4, PROTO_TCP,
+    PROTO_UDP, SERVICE_EXTERNAL, ServiceKey, ServiceValue, SlotKey,
+    ct::{CT_FORWARD, CT_REPLY, CT_SNAT_IN, CT_SNAT_OUT, SNAT_PORT_MIN, SNAT_PORTS},
+};
+
+use crate::maps::{
+    BACKEND_STATS, BACKENDS, CLIENT_AFFINITY, CT, NODE, SERVICE_STATS, SERVICES, SLOTS,
+};
+use crate::sock::count;
+
+/// Not ours: let the next program (TCX) or the stack have it.
+const TC_ACT_UNSPEC: i32 = -1;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const IP_OFF: usize = ETH_HLEN;
+const IP_PROTO_OFF: usize = IP_OFF + 9;
+const IP_CSUM_OFF: usize = IP_OFF + 10;
+const IP_SRC_OFF: usize = IP_OFF + 12;
+const IP_DST_OFF: usize = IP_OFF + 16;
+
+/// How many SNAT ports are tried for one new flow before giving up.
+const SNAT_TRIES: u32 = 16;
+
+/// An IPv4 TCP or UDP packet's addresses and ports, as raw network-order values.
+struct Packet {
+    saddr: u32,
+    daddr: u32,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    /// Offset of the L4 header.
+    l4: usize,
+    /// Offset of the L4 checksum.
+    l4_csum: usize,
+}
+
+impl Packet {
+    fn parse(ctx: &TcContext) -> Option<Self> {
+        let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
+        if ethertype != ETH_P_IP {
+            return None;
+        }
+        let version_ihl: u8 = ctx.load(IP_OFF).ok()?;
+        if version_ihl >> 4 != 4 {
+            return None;
+        }
+        let ihl = usize::from(version_ihl & 0x0f) * 4;
+        if ihl < 20 {
+            return None;
+        }
+        // Fragments other than the first carry no ports; first fragments are left alone
+        // too (their followers could not be translated alike).
+        let frag: u16 = u16::from_be(ctx.load(IP_OFF + 6).ok()?);
+        if frag & 0x3fff != 0 {
+            return None;
+        }
+        let proto: u8 = ctx.load(IP_PROTO_OFF).ok()?;
+        let l4_csum = match proto {
+            PROTO_TCP => 16,
+            PROTO_UDP => 6,
+            _ => return None,
+        };
+        let l4 = IP_OFF + ihl;
+        Some(Self {
+            saddr: ctx.load(IP_SRC_OFF).ok()?,
+            daddr: ctx.load(IP_DST_OFF).ok()?,
+            sport: ctx.load(l4).ok()?,
+            dport: ctx.load(l4 + 2).ok()?,
+            proto,
+            l4,
+            l4_csum: l4 + l4_csum,
+        })
+    }
+
+    fn key(&self, kind: u8) -> CtKey {
+        CtKey {
+            saddr: [self.saddr, 0, 0, 0],
+            daddr: [self.daddr, 0, 0, 0],
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            family: FAMILY_V4,
+            kind,
+            pad: 0,
+        }
+    }
+
+    fn l4_flags(&self) -> u64 {
+        if self.proto == PROTO_UDP {
+            u64::from(BPF_F_MARK_MANGLED_0)
+        } else {
+            0
+        }
+    }
+
+    /// Rewrites the source (`source`) or the destination address and port.
+    fn rewrite(&self, ctx: &mut TcContext, source: bool, addr: u32, port: u16) -> Result<(), ()> {
+        let (old_addr, old_port, addr_off, port_off) = if source {
+            (self.saddr, self.sport, IP_SRC_OFF, self.l4)
+        } else {
+            (self.daddr, self.dport, IP_DST_OFF, self.l4 + 2)
+        };
+        let flags = self.l4_flags();
+        if old_addr != addr {
+            ctx.l4_csum_replace(
+                self.l4_csum,
+                u64::from(old_addr),
+                u64::from(addr),
+                u64::from(BPF_F_PSEUDO_HDR) | flags | 4,
+            )
+            .map_err(|_| ())?;
+            ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old_addr), u64::from(addr), 4)
+                .map_err(|_| ())?;
+            ctx.store(addr_off, &addr, 0).map_err(|_| ())?;
+        }
+        if old_port != port {
+            ctx.l4_csum_replace(
+                self.l4_csum,
+                u64::from(old_port),
+                u64::from(port),
+                flags | 2,
+            )
+            .map_err(|_| ())?;
+            ctx.store(port_off, &port, 0).map_err(|_| ())?;
+        }
+        Ok(())
+    }
+}
+
+#[classifier]
+pub fn fk_tc_ingress(mut ctx: TcContext) -> i32 {
+    let Some(packet) = Packet::parse(&ctx) else {
+        return TC_ACT_UNSPEC;
+    };
+    ingress(&mut ctx, &packet)
+}
+
+#[classifier]
+pub fn fk_tc_egress(mut ctx: TcContext) -> i32 {
+    let Some(packet) = Packet::parse(&ctx) else {
+        return TC_ACT_UNSPEC;
+    };
+    for kind in [CT_REPLY, CT_SNAT_OUT] {
+        // SAFETY: copied at once; entries are replaced, never edited in place.
+        if let Some(entry) = unsafe { CT.get(&packet.key(kind)) }.copied() {
+            return match packet.rewrite(&mut ctx, true, entry.addr[0], entry.port) {
+                Ok(()) => TC_ACT_OK as i32,
+                Err(()) => TC_ACT_UNSPEC,
+            };
+        }
+    }
+    TC_ACT_UNSPEC
+}
+
+fn ingress(ctx: &mut TcContext, packet: &Packet) -> i32 {
+    // 1. A remote backend's reply to one of our SNAT ports.
+    // SAFETY: copied at once.
+    if let Some(entry) = unsafe { CT.get(&packet.key(CT_SNAT_IN)) }.copied() {
+        return verdict(packet.rewrite(ctx, false, entry.addr[0], entry.port));
+    }
+    // 2. An external frontend.
+    let frontend = ServiceKey::v4(packet.daddr, packet.dport, packet.proto);
+    // SAFETY: copied at once; the user side replaces values, never edits them in place.
+    let Some(service) = unsafe { SERVICES.get(&frontend) }.copied() else {
+        return TC_ACT_UNSPEC;
+    };
+    if service.flags & SERVICE_EXTERNAL == 0 {
+        return TC_ACT_UNSPEC;
+    }
+    let forward = packet.key(CT_FORWARD);
+    // SAFETY: copied at once.
+    if let Some(entry) = unsafe { CT.get(&forward) }.copied() {
+        return verdict(packet.rewrite(ctx, false, entry.addr[0], entry.port));
+    }
+    if service.count == 0 {
+        // 3. Nothing to send it to: the host stack refuses it.
+        count(&SERVICE_STATS, service.service_id, false);
+        return TC_ACT_UNSPEC;
+    }
+    let Some(backend_id) = pick_backend(packet, &service) else {
+        count(&SERVICE_STATS, service.service_id, false);
+        return TC_ACT_UNSPEC;
+    };
+    // SAFETY: copied at once.
+    let Some(backend) = unsafe { BACKENDS.get(&backend_id) }.copied() else {
+        count(&SERVICE_STATS, service.service_id, false);
+        return TC_ACT_UNSPEC;
+    };
+    let (baddr, bport) = (backend.addr[0], backend.port);
+    let reply = CtKey {
+        saddr: [baddr, 0, 0, 0],
+        daddr: [packet.saddr, 0, 0, 0],
+        sport: bport,
+        dport: packet.sport,
+        kind: CT_REPLY,
+        ..forward
+    };
+    if backend.flags & BACKEND_LOCAL == 0 && snat(packet, &service, baddr, bport).is_err() {
+        count(&SERVICE_STATS, service.service_id, false);
+        return TC_ACT_UNSPEC;
+    }
+    let to_backend = CtValue {
+        addr: [baddr, 0, 0, 0],
+        port: bport,
+        family: FAMILY_V4,
+        pad: 0,
+        service_id: service.service_id,
+    };
+    let to_frontend = CtValue {
+        addr: [packet.daddr, 0, 0, 0],
+        port: packet.dport,
+        ..to_backend
+    };
+    // A full LRU evicts the oldest flows; an error here fails this packet only.
+    if CT.insert(&reply, &to_frontend, 0).is_err() || CT.insert(&forward, &to_backend, 0).is_err() {
+        return TC_ACT_UNSPEC;
+    }
+    count(&SERVICE_STATS, service.service_id, true);
+    count(&BACKEND_STATS, backend_id, true);
+    verdict(packet.rewrite(ctx, false, baddr, bport))
+}
+
+/// Records the SNAT of a new flow to a remote backend: a free node port for
+/// (backend, node address), and the entries for egress and the reply.
+fn snat(packet: &Packet, service: &ServiceValue, baddr: u32, bport: u16) -> Result<(), ()> {
+    let node = NODE.get(0).copied().ok_or(())?;
+    if node.family != FAMILY_V4 {
+        return Err(());
+    }
+    let naddr = node.snat_addr[0];
+    let client = CtValue {
+        addr: [packet.saddr, 0, 0, 0],
+        port: packet.sport,
+        family: FAMILY_V4,
+        pad: 0,
+        service_id: service.service_id,
+    };
+    let mut port = 0u16;
+    for _ in 0..SNAT_TRIES {
+        // SAFETY: helper without arguments.
+        let candidate =
+            SNAT_PORT_MIN + (unsafe { bpf_get_prandom_u32() } % u32::from(SNAT_PORTS)) as u16;
+        let back = CtKey {
+            saddr: [baddr, 0, 0, 0],
+            daddr: [naddr, 0, 0, 0],
+            sport: bport,
+            dport: candidate.to_be(),
+            proto: packet.proto,
+            family: FAMILY_V4,
+            kind: CT_SNAT_IN,
+            pad: 0,
+        };
+        if CT.insert(&back, &client, u64::from(BPF_NOEXIST)).is_ok() {
+            port = candidate.to_be();
+            break;
+        }
+    }
+    if port == 0 {
+        return Err(());
+    }
+    let out = CtKey {
+        saddr: [packet.saddr, 0, 0, 0],
+        daddr: [baddr, 0, 0, 0],
+        sport: packet.sport,
+        dport: bport,
+        proto: packet.proto,
+        family: FAMILY_V4,
+        kind: CT_SNAT_OUT,
+        pad: 0,
+    };
+    let node_side = CtValue {
+        addr: [naddr, 0, 0, 0],
+        port,
+        ..client
+    };
+    CT.insert(&out, &node_side, 0).map_err(|_| ())
+}
+
+/// A backend id for a new flow: the client's previous one while affinity holds, else a
+/// random slot's.
+fn pick_backend(packet: &Packet, service: &ServiceValue) -> Option<u32> {
+    let slot_of = |slot: u32| {
+        let key = SlotKey {
+            service_id: service.service_id,
+            slot,
+        };
+        // SAFETY: copied at once.
+        unsafe { SLOTS.get(&key) }.copied()
+    };
+    // SAFETY: helper without arguments.
+    let random = unsafe { bpf_get_prandom_u32() } % service.count;
+    if service.affinity_timeout == 0 {
+        return slot_of(random);
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = ClientAffinityKey {
+        addr: [packet.saddr, 0, 0, 0],
+        service_id: service.service_id,
+        family: FAMILY_V4,
+        pad: [0; 3],
+    };
+    let timeout_ns = u64::from(service.affinity_timeout) * 1_000_000_000;
+    // SAFETY: copied at once.
+    if let Some(previous) = unsafe { CLIENT_AFFINITY.get(&key) }.copied()
+        && now.wrapping_sub(previous.last_used_ns) <= timeout_ns
+        && previous.slot < service.count
+        && slot_of(previous.slot) == Some(previous.backend_id)
+    {
+        let value = AffinityValue {
+            last_used_ns: now,
+            ..previous
+        };
+        let _ = CLIENT_AFFINITY.insert(&key, &value, 0);
+        return Some(previous.backend_id);
+    }
+    let backend_id = slot_of(random)?;
+    let value = AffinityValue {
+        backend_id,
+        slot: random,
+        last_used_ns: now,
+    };
+    // A full LRU evicts the oldest client; failing here only loses stickiness.
+    let _ = CLIENT_AFFINITY.insert(&key, &value, 0);
+    Some(backend_id)
+}
+
+fn verdict(result: Result<(), ()>) -> i32 {
+    match result {
+        Ok(()) => TC_ACT_OK as i32,
+        // A failed rewrite leaves the packet as it was: the stack drops or refuses it.
+        Err(()) => TC_ACT_UNSPEC,
+    }
+}
