@@ -66,23 +66,28 @@ pub struct NodeReport {
 
 /// Reads the frontends of one node (or of every node with pins when `node` is `None`).
 pub fn list(bpffs: &Path, node: Option<&str>) -> Result<Vec<NodeReport>, ListError> {
-    let nodes = match node {
-        Some(node) => vec![node.to_string()],
-        None => bpffs::nodes(bpffs)?,
+    let (nodes, all) = match node {
+        Some(node) => (vec![node.to_string()], false),
+        None => (bpffs::nodes(bpffs)?, true),
     };
-    nodes
-        .into_iter()
-        .map(|node| {
-            let dir = bpffs::pin_dir(bpffs, &node)?;
-            let maps_error = |source| ListError::Maps {
-                node: node.clone(),
-                source,
-            };
-            let maps = KernelMaps::from_pins(&dir).map_err(maps_error)?;
-            let frontends = report(&maps).map_err(maps_error)?;
-            Ok(NodeReport { node, frontends })
-        })
-        .collect()
+    let mut out = Vec::new();
+    for node in nodes {
+        let dir = bpffs::pin_dir(bpffs, &node)?;
+        let maps_error = |source| ListError::Maps {
+            node: node.clone(),
+            source,
+        };
+        let maps = match KernelMaps::from_pins(&dir) {
+            Ok(maps) => maps,
+            // Listing every node: one whose pins are not all there is being set up or
+            // reset right now; skip it rather than fail the whole listing.
+            Err(e) if all && e.is_not_found() => continue,
+            Err(e) => return Err(maps_error(e)),
+        };
+        let frontends = report(&maps).map_err(maps_error)?;
+        out.push(NodeReport { node, frontends });
+    }
+    Ok(out)
 }
 
 /// The frontends in a set of maps.

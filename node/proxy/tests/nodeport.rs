@@ -42,6 +42,7 @@ struct Harness {
     _servers: Vec<EchoServers>,
     lab: NodeLab,
     node: String,
+    config: Config,
 }
 
 impl Harness {
@@ -67,9 +68,7 @@ impl Harness {
             bpffs: config.bpffs.clone(),
             node: node.clone(),
         };
-        // The interface is looked up (and the TCX links made) in the calling thread's
-        // namespace: start the agent from inside node 1.
-        let agent = lab.node1.run_in(move || Ok(Agent::start(&config)?))?;
+        let agent = start_in(&lab.node1, &config)?;
         ensure!(
             agent.dataplane().node_ips() == [NODE1],
             "node addresses read from eth0: {:?}",
@@ -82,6 +81,7 @@ impl Harness {
             _servers: servers,
             lab,
             node,
+            config,
         })
     }
 
@@ -101,6 +101,13 @@ impl Harness {
     fn outside(&self) -> &Netns {
         &self.lab.outside
     }
+}
+
+/// Starts the agent from a thread inside `ns` (the interface is looked up, and the TCX
+/// links made, in the calling thread's namespace).
+fn start_in(ns: &Netns, config: &Config) -> Result<Agent> {
+    let config = config.clone();
+    ns.run_in(move || Ok(Agent::start(&config)?))
 }
 
 /// What an echo server answered: its address and the peer it saw.
@@ -431,20 +438,7 @@ fn established_connection_survives_its_backend_terminating_needs_root() -> Resul
     ))?;
     let to = at(NODE1, 30086);
     // Connect (the handshake pins the flow to `old`) and keep the connection open.
-    let (tx_go, rx_go) = std::sync::mpsc::channel::<()>();
-    let path = h.lab.outside.path();
-    let open = std::thread::spawn(move || -> Result<Echo> {
-        ferrokube_testkit::netns::enter_current_thread(&path)?;
-        let mut stream = TcpStream::connect_timeout(&to.into(), Duration::from_secs(3))?;
-        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-        rx_go
-            .recv_timeout(Duration::from_secs(10))
-            .context("no go")?;
-        stream.write_all(b"hello")?;
-        let mut reply = String::new();
-        stream.read_to_string(&mut reply)?;
-        Echo::parse(&reply)
-    });
+    let (tx_go, open) = open_connection(h.outside(), to);
     // Wait until the flow exists (the backend's counter moved), then drain `old`.
     ferrokube_testkit::wait_for("the connection", Duration::from_secs(5), || {
         Ok(h.list()?.contains("translated 1 ").then_some(()))
@@ -474,5 +468,76 @@ fn established_connection_survives_its_backend_terminating_needs_root() -> Resul
     if h.list()?.contains(&format!("{old}:{TARGET}")) {
         bail!("terminating backend still listed: {}", h.list()?);
     }
+    Ok(())
+}
+
+/// Opens a TCP connection from the outside client and returns a handle that, once told
+/// to go, sends a request on it and returns the reply.
+fn open_connection(
+    ns: &Netns,
+    to: SocketAddrV4,
+) -> (
+    std::sync::mpsc::Sender<()>,
+    std::thread::JoinHandle<Result<Echo>>,
+) {
+    let (tx_go, rx_go) = std::sync::mpsc::channel::<()>();
+    let path = ns.path();
+    let handle = std::thread::spawn(move || -> Result<Echo> {
+        ferrokube_testkit::netns::enter_current_thread(&path)?;
+        let mut stream = TcpStream::connect_timeout(&to.into(), Duration::from_secs(3))?;
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        rx_go
+            .recv_timeout(Duration::from_secs(10))
+            .context("no go")?;
+        stream.write_all(b"hello")?;
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply)?;
+        Echo::parse(&reply)
+    });
+    (tx_go, handle)
+}
+
+#[test]
+fn restart_adopts_the_tc_links_and_keeps_established_flows_needs_root() -> Result<()> {
+    let mut h = Harness::new(2, 0)?;
+    let node = h.node.clone();
+    let pods = h.lab.pod1_addrs.clone();
+    let yaml = service(
+        "restart",
+        "NodePort",
+        "",
+        &[("http", "TCP", 80, 30087)],
+        &[(pods[0], &node, "ready"), (pods[1], &node, "ready")],
+    );
+    h.apply(&yaml)?;
+    assert_eq!(
+        h.agent.as_ref().map(|a| a.dataplane().adopted_links()),
+        Some(0)
+    );
+    let to = at(NODE1, 30087);
+    let (go, open) = open_connection(h.outside(), to);
+    ferrokube_testkit::wait_for("the connection", Duration::from_secs(5), || {
+        Ok(h.list()?.contains("translated 1 ").then_some(()))
+    })?;
+    // Stop the agent (the pins stay) and start it again: it adopts the links and maps.
+    h.agent = None;
+    let agent = start_in(&h.lab.node1, &h.config)?;
+    assert_eq!(
+        agent.dataplane().adopted_links(),
+        6,
+        "4 cgroup + 2 tc links"
+    );
+    h.agent = Some(agent);
+    let stats = h.apply(&yaml)?;
+    assert_eq!(stats.total(), 0, "same input, nothing written: {stats:?}");
+    go.send(())?;
+    let echo = open
+        .join()
+        .map_err(|_| anyhow::anyhow!("client panicked"))??;
+    assert!(
+        pods.contains(&echo.backend),
+        "the open flow survived: {echo:?}"
+    );
+    assert_eq!(tcp(h.outside(), to)?.peer.ip(), NodeLab::CLIENT);
     Ok(())
 }

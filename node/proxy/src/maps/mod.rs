@@ -44,6 +44,20 @@ pub enum MapsError {
     Cpus(String),
 }
 
+impl MapsError {
+    /// Is this "no such map" (a pin that is not there)?
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            Self::Missing(_) => true,
+            Self::Kernel {
+                source: aya::maps::MapError::SyscallError(e),
+                ..
+            } => e.io_error.kind() == std::io::ErrorKind::NotFound,
+            _ => false,
+        }
+    }
+}
+
 /// Everything the maps hold that the sync layer owns, read back for adoption.
 #[derive(Debug, Default, Clone)]
 pub struct KernelState {
