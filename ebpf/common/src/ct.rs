@@ -9,6 +9,12 @@
 //!   node address and a port of its own, `N:n`;
 //! - [`CT_SNAT_IN`] `(B:b -> N:n)`: ingress, the remote backend's reply: rewrite the
 //!   destination back to `C:c` (the kernel then forwards it out, where `CT_REPLY` applies).
+//!
+//! A [`CT_FORWARD`] entry keeps a flow on its backend (a terminating backend keeps its
+//! connections). A TCP SYN reuses it only while the backend still sits in the slot it was
+//! chosen from (else it is a new connection and picks again); a UDP datagram only while
+//! the backend still exists, so UDP flows leave a removed backend at once. Entries
+//! leave by LRU eviction (no FIN/RST tracking yet).
 
 /// One direction of one flow, as the packet carries it.
 #[repr(C)]
@@ -44,8 +50,13 @@ pub struct CtValue {
     pub family: u8,
     /// Zero.
     pub pad: u8,
-    /// The frontend's service id (for diagnostics).
+    /// The frontend's service id.
     pub service_id: u32,
+    /// [`CT_FORWARD`]: the backend's id, to check the choice still holds when a new
+    /// connection reuses the tuple (zero in other entries).
+    pub backend_id: u32,
+    /// [`CT_FORWARD`]: the slot the backend was found in (zero in other entries).
+    pub slot: u32,
 }
 
 /// Client to frontend, seen at ingress: rewrite the destination.
@@ -64,7 +75,7 @@ pub const SNAT_PORT_MIN: u16 = 61_000;
 pub const SNAT_PORTS: u16 = 4_536;
 
 const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
-const _: () = assert!(core::mem::size_of::<CtValue>() == 24);
+const _: () = assert!(core::mem::size_of::<CtValue>() == 32);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for CtKey {}

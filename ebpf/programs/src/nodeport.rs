@@ -198,7 +198,9 @@ fn ingress(ctx: &mut TcContext, packet: &Packet) -> i32 {
     }
     let forward = packet.key(CT_FORWARD);
     // SAFETY: copied at once.
-    if let Some(entry) = unsafe { CT.get(&forward) }.copied() {
+    if let Some(entry) = unsafe { CT.get(&forward) }.copied()
+        && still_valid(ctx, packet, &service, &entry)
+    {
         return verdict(packet.rewrite(ctx, false, entry.addr[0], entry.port));
     }
     if service.count == 0 {
@@ -206,7 +208,7 @@ fn ingress(ctx: &mut TcContext, packet: &Packet) -> i32 {
         count(&SERVICE_STATS, service.service_id, false);
         return TC_ACT_UNSPEC;
     }
-    let Some(backend_id) = pick_backend(packet, &service) else {
+    let Some((backend_id, slot)) = pick_backend(packet, &service) else {
         count(&SERVICE_STATS, service.service_id, false);
         return TC_ACT_UNSPEC;
     };
@@ -234,10 +236,14 @@ fn ingress(ctx: &mut TcContext, packet: &Packet) -> i32 {
         family: FAMILY_V4,
         pad: 0,
         service_id: service.service_id,
+        backend_id,
+        slot,
     };
     let to_frontend = CtValue {
         addr: [packet.daddr, 0, 0, 0],
         port: packet.dport,
+        backend_id: 0,
+        slot: 0,
         ..to_backend
     };
     // A full LRU evicts the oldest flows; an error here fails this packet only.
@@ -263,6 +269,8 @@ fn snat(packet: &Packet, service: &ServiceValue, baddr: u32, bport: u16) -> Resu
         family: FAMILY_V4,
         pad: 0,
         service_id: service.service_id,
+        backend_id: 0,
+        slot: 0,
     };
     let mut port = 0u16;
     for _ in 0..SNAT_TRIES {
@@ -305,9 +313,9 @@ fn snat(packet: &Packet, service: &ServiceValue, baddr: u32, bport: u16) -> Resu
     CT.insert(&out, &node_side, 0).map_err(|_| ())
 }
 
-/// A backend id for a new flow: the client's previous one while affinity holds, else a
-/// random slot's.
-fn pick_backend(packet: &Packet, service: &ServiceValue) -> Option<u32> {
+/// A backend id and its slot for a new flow: the client's previous one while affinity
+/// holds, else a random slot's.
+fn pick_backend(packet: &Packet, service: &ServiceValue) -> Option<(u32, u32)> {
     let slot_of = |slot: u32| {
         let key = SlotKey {
             service_id: service.service_id,
@@ -319,7 +327,7 @@ fn pick_backend(packet: &Packet, service: &ServiceValue) -> Option<u32> {
     // SAFETY: helper without arguments.
     let random = unsafe { bpf_get_prandom_u32() } % service.count;
     if service.affinity_timeout == 0 {
-        return slot_of(random);
+        return slot_of(random).map(|id| (id, random));
     }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -341,7 +349,7 @@ fn pick_backend(packet: &Packet, service: &ServiceValue) -> Option<u32> {
             ..previous
         };
         let _ = CLIENT_AFFINITY.insert(&key, &value, 0);
-        return Some(previous.backend_id);
+        return Some((previous.backend_id, previous.slot));
     }
     let backend_id = slot_of(random)?;
     let value = AffinityValue {
@@ -351,7 +359,35 @@ fn pick_backend(packet: &Packet, service: &ServiceValue) -> Option<u32> {
     };
     // A full LRU evicts the oldest client; failing here only loses stickiness.
     let _ = CLIENT_AFFINITY.insert(&key, &value, 0);
-    Some(backend_id)
+    Some((backend_id, random))
+}
+
+/// May a packet follow an existing [`CT_FORWARD`] entry? TCP other than a bare SYN:
+/// always (established connections stay, terminating backend or not). A bare SYN (a new
+/// connection reusing the tuple): while the backend still sits in its slot. UDP: while
+/// the backend still exists.
+fn still_valid(ctx: &TcContext, packet: &Packet, service: &ServiceValue, entry: &CtValue) -> bool {
+    if packet.proto == PROTO_TCP {
+        // Flags byte: offset 13 of the TCP header; SYN 0x02, ACK 0x10.
+        let Ok(flags) = ctx.load::<u8>(packet.l4 + 13) else {
+            return true;
+        };
+        if flags & 0x12 != 0x02 {
+            return true;
+        }
+        let key = SlotKey {
+            service_id: service.service_id,
+            slot: entry.slot,
+        };
+        // SAFETY: copied at once.
+        return entry.slot < service.count
+            && unsafe { SLOTS.get(&key) }.copied() == Some(entry.backend_id);
+    }
+    // SAFETY: copied at once.
+    match unsafe { BACKENDS.get(&entry.backend_id) }.copied() {
+        Some(backend) => backend.addr[0] == entry.addr[0] && backend.port == entry.port,
+        None => false,
+    }
 }
 
 fn verdict(result: Result<(), ()>) -> i32 {

@@ -541,3 +541,104 @@ fn restart_adopts_the_tc_links_and_keeps_established_flows_needs_root() -> Resul
     assert_eq!(tcp(h.outside(), to)?.peer.ip(), NodeLab::CLIENT);
     Ok(())
 }
+
+/// One TCP request from the outside client, from a fixed source port.
+fn tcp_from_port(ns: &Netns, port: u16, to: SocketAddrV4) -> Result<Echo> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket,
+        sockopt::ReuseAddr,
+    };
+    ns.run_in(move || {
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        setsockopt(&fd, ReuseAddr, &true)?;
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)),
+        )?;
+        let mut stream = TcpStream::from(fd);
+        stream.set_write_timeout(Some(Duration::from_secs(3)))?;
+        connect(
+            std::os::fd::AsRawFd::as_raw_fd(&stream),
+            &SockaddrIn::from(to),
+        )
+        .with_context(|| format!("connecting to {to} from port {port}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        stream.write_all(b"hello")?;
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply)?;
+        Echo::parse(&reply)
+    })
+}
+
+#[test]
+fn a_reused_tuple_is_a_new_connection_once_its_backend_left_needs_root() -> Result<()> {
+    let mut h = Harness::new(2, 0)?;
+    let node = h.node.clone();
+    let (old, new) = (h.lab.pod1_addrs[0], h.lab.pod1_addrs[1]);
+    let ports = [("http", "TCP", 80, 30088), ("dns", "UDP", 53, 30057)];
+    h.apply(&service(
+        "reuse",
+        "NodePort",
+        "",
+        &ports,
+        &[(old, &node, "ready")],
+    ))?;
+    let (tcp_to, udp_to) = (at(NODE1, 30088), at(NODE1, 30057));
+    // TCP from a fixed client port, twice: the second connection reuses the flow.
+    let client_port = 40_123;
+    assert_eq!(
+        tcp_from_port(h.outside(), client_port, tcp_to)?.backend,
+        old
+    );
+    assert_eq!(
+        tcp_from_port(h.outside(), client_port, tcp_to)?.backend,
+        old
+    );
+    // UDP from one socket (one tuple).
+    let socket = h.outside().run_in(|| {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+        Ok(socket)
+    })?;
+    let ask = |socket: &UdpSocket| -> Result<Echo> {
+        socket.send_to(b"hello", udp_to)?;
+        let mut buf = [0u8; 128];
+        let (n, from) = socket.recv_from(&mut buf)?;
+        ensure!(from == SocketAddr::V4(udp_to), "reply from {from}");
+        Echo::parse(std::str::from_utf8(&buf[..n])?)
+    };
+    assert_eq!(ask(&socket)?.backend, old);
+
+    // `old` terminates (TCP) and is removed (UDP: only terminating TCP endpoints are
+    // kept here, the UDP port has just `new`).
+    h.apply(&service(
+        "reuse",
+        "NodePort",
+        "",
+        &ports,
+        &[(old, &node, "terminating"), (new, &node, "ready")],
+    ))?;
+    assert_eq!(
+        tcp_from_port(h.outside(), client_port, tcp_to)?.backend,
+        new,
+        "a new connection on the same tuple avoids the terminating backend"
+    );
+    h.apply(&service(
+        "reuse",
+        "NodePort",
+        "",
+        &ports,
+        &[(new, &node, "ready")],
+    ))?;
+    assert_eq!(
+        ask(&socket)?.backend,
+        new,
+        "a UDP flow leaves a removed backend at once"
+    );
+    Ok(())
+}
