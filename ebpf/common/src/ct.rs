@@ -14,7 +14,9 @@
 //! connections). A TCP SYN reuses it only while the backend still sits in the slot it was
 //! chosen from (else it is a new connection and picks again); a UDP datagram only while
 //! the backend still exists, so UDP flows leave a removed backend at once. Entries
-//! leave by LRU eviction (no FIN/RST tracking yet).
+//! leave by LRU eviction; a [`CT_SNAT_IN`] entry (which owns a SNAT port) records when
+//! its flow last sent a packet and whether it closed, so its port can be taken over by a
+//! new flow once it is free (see [`crate::NodeConfig`]).
 
 /// One direction of one flow, as the packet carries it.
 #[repr(C)]
@@ -48,8 +50,8 @@ pub struct CtValue {
     pub port: u16,
     /// `AF_INET` or `AF_INET6`.
     pub family: u8,
-    /// Zero.
-    pub pad: u8,
+    /// [`CT_CLOSING`] once a FIN or RST was seen ([`CT_SNAT_IN`] entries).
+    pub flags: u8,
     /// The frontend's service id.
     pub service_id: u32,
     /// [`CT_FORWARD`]: the backend's id, to check the choice still holds when a new
@@ -57,7 +59,13 @@ pub struct CtValue {
     pub backend_id: u32,
     /// [`CT_FORWARD`]: the slot the backend was found in (zero in other entries).
     pub slot: u32,
+    /// [`CT_SNAT_IN`]: `bpf_ktime_get_ns` of the flow's last packet (either direction),
+    /// to tell a SNAT port still in use from one a finished flow left behind.
+    pub last_seen_ns: u64,
 }
+
+/// [`CtValue::flags`]: the flow sent a FIN or a RST.
+pub const CT_CLOSING: u8 = 1;
 
 /// Client to frontend, seen at ingress: rewrite the destination.
 pub const CT_FORWARD: u8 = 1;
@@ -68,14 +76,19 @@ pub const CT_SNAT_OUT: u8 = 3;
 /// Remote backend to node, seen at ingress: rewrite the destination to the client.
 pub const CT_SNAT_IN: u8 = 4;
 
-/// Source ports the SNAT picks from: above Linux's default ephemeral range
-/// (32768-60999), so they do not collide with the node's own connections.
+/// Default first SNAT source port: above Linux's default ephemeral range (32768-60999),
+/// so they do not collide with the node's own connections.
 pub const SNAT_PORT_MIN: u16 = 61_000;
-/// Number of SNAT source ports (61000..=65535).
+/// Default number of SNAT source ports (61000..=65535).
 pub const SNAT_PORTS: u16 = 4_536;
+/// Default: a SNAT port whose flow closed (FIN/RST), or whose UDP flow went quiet, is
+/// reused after this long (the peer's TIME_WAIT).
+pub const SNAT_CLOSED_REUSE_SECS: u32 = 60;
+/// Default: a SNAT port whose TCP flow sent nothing for this long is reused.
+pub const SNAT_IDLE_REUSE_SECS: u32 = 6 * 3600;
 
 const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
-const _: () = assert!(core::mem::size_of::<CtValue>() == 32);
+const _: () = assert!(core::mem::size_of::<CtValue>() == 40);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for CtKey {}

@@ -26,9 +26,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ferrokube_ebpf_common::{
-    AffinityValue, BACKEND_LOCAL, ClientAffinityKey, CtKey, CtValue, FAMILY_V4, PROTO_TCP,
-    PROTO_UDP, SERVICE_EXTERNAL, ServiceKey, ServiceValue, SlotKey,
-    ct::{CT_FORWARD, CT_REPLY, CT_SNAT_IN, CT_SNAT_OUT, SNAT_PORT_MIN, SNAT_PORTS},
+    AffinityValue, BACKEND_LOCAL, ClientAffinityKey, CtKey, CtValue, FAMILY_V4, NodeConfig,
+    PROTO_TCP, PROTO_UDP, SERVICE_EXTERNAL, ServiceKey, ServiceValue, SlotKey,
+    ct::{CT_CLOSING, CT_FORWARD, CT_REPLY, CT_SNAT_IN, CT_SNAT_OUT},
 };
 
 use crate::maps::{
@@ -114,6 +114,12 @@ impl Packet {
         }
     }
 
+    /// A TCP packet with FIN or RST set.
+    fn closes(&self, ctx: &TcContext) -> bool {
+        // Flags byte: offset 13 of the TCP header; FIN 0x01, RST 0x04.
+        self.proto == PROTO_TCP && ctx.load::<u8>(self.l4 + 13).is_ok_and(|f| f & 0x05 != 0)
+    }
+
     fn l4_flags(&self) -> u64 {
         if self.proto == PROTO_UDP {
             u64::from(BPF_F_MARK_MANGLED_0)
@@ -170,8 +176,23 @@ pub fn fk_tc_egress(mut ctx: TcContext) -> i32 {
         return TC_ACT_UNSPEC;
     };
     for kind in [CT_REPLY, CT_SNAT_OUT] {
-        // SAFETY: copied at once; entries are replaced, never edited in place.
+        // SAFETY: copied at once; entries are replaced (only `last_seen_ns` and `flags` of
+        // SNAT_IN entries are updated in place).
         if let Some(entry) = unsafe { CT.get(&packet.key(kind)) }.copied() {
+            if kind == CT_SNAT_OUT {
+                // The SNAT port's owner: (backend -> node:port).
+                let owner = CtKey {
+                    saddr: [packet.daddr, 0, 0, 0],
+                    daddr: entry.addr,
+                    sport: packet.dport,
+                    dport: entry.port,
+                    proto: packet.proto,
+                    family: FAMILY_V4,
+                    kind: CT_SNAT_IN,
+                    pad: 0,
+                };
+                touch(&owner, packet.closes(&ctx));
+            }
             return match packet.rewrite(&mut ctx, true, entry.addr[0], entry.port) {
                 Ok(()) => TC_ACT_OK as i32,
                 Err(()) => TC_ACT_UNSPEC,
@@ -183,8 +204,10 @@ pub fn fk_tc_egress(mut ctx: TcContext) -> i32 {
 
 fn ingress(ctx: &mut TcContext, packet: &Packet) -> i32 {
     // 1. A remote backend's reply to one of our SNAT ports.
+    let owner = packet.key(CT_SNAT_IN);
     // SAFETY: copied at once.
-    if let Some(entry) = unsafe { CT.get(&packet.key(CT_SNAT_IN)) }.copied() {
+    if let Some(entry) = unsafe { CT.get(&owner) }.copied() {
+        touch(&owner, packet.closes(ctx));
         return verdict(packet.rewrite(ctx, false, entry.addr[0], entry.port));
     }
     // 2. An external frontend.
@@ -234,10 +257,11 @@ fn ingress(ctx: &mut TcContext, packet: &Packet) -> i32 {
         addr: [baddr, 0, 0, 0],
         port: bport,
         family: FAMILY_V4,
-        pad: 0,
+        flags: 0,
         service_id: service.service_id,
         backend_id,
         slot,
+        last_seen_ns: 0,
     };
     let to_frontend = CtValue {
         addr: [packet.daddr, 0, 0, 0],
@@ -256,39 +280,58 @@ fn ingress(ctx: &mut TcContext, packet: &Packet) -> i32 {
 }
 
 /// Records the SNAT of a new flow to a remote backend: a free node port for
-/// (backend, node address), and the entries for egress and the reply.
+/// (backend, node address), and the entries for egress and the reply. A port is free
+/// when no flow holds it, or when its flow closed (or, UDP, went quiet) longer than
+/// `closed_reuse_secs` ago, or sent nothing for `idle_reuse_secs`.
 fn snat(packet: &Packet, service: &ServiceValue, baddr: u32, bport: u16) -> Result<(), ()> {
-    let node = NODE.get(0).copied().ok_or(())?;
-    if node.family != FAMILY_V4 {
+    let node: NodeConfig = NODE.get(0).copied().ok_or(())?;
+    if node.family != FAMILY_V4 || node.snat_ports == 0 {
         return Err(());
     }
     let naddr = node.snat_addr[0];
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     let client = CtValue {
         addr: [packet.saddr, 0, 0, 0],
         port: packet.sport,
         family: FAMILY_V4,
-        pad: 0,
+        flags: 0,
         service_id: service.service_id,
         backend_id: 0,
         slot: 0,
+        last_seen_ns: now,
     };
+    let closed_ns = u64::from(node.closed_reuse_secs) * 1_000_000_000;
+    let idle_ns = u64::from(node.idle_reuse_secs) * 1_000_000_000;
     let mut port = 0u16;
     for _ in 0..SNAT_TRIES {
         // SAFETY: helper without arguments.
-        let candidate =
-            SNAT_PORT_MIN + (unsafe { bpf_get_prandom_u32() } % u32::from(SNAT_PORTS)) as u16;
+        let offset = (unsafe { bpf_get_prandom_u32() } % u32::from(node.snat_ports)) as u16;
+        let candidate = node.snat_port_min.wrapping_add(offset).to_be();
         let back = CtKey {
             saddr: [baddr, 0, 0, 0],
             daddr: [naddr, 0, 0, 0],
             sport: bport,
-            dport: candidate.to_be(),
+            dport: candidate,
             proto: packet.proto,
             family: FAMILY_V4,
             kind: CT_SNAT_IN,
             pad: 0,
         };
         if CT.insert(&back, &client, u64::from(BPF_NOEXIST)).is_ok() {
-            port = candidate.to_be();
+            port = candidate;
+            break;
+        }
+        // SAFETY: copied at once.
+        let Some(holder) = unsafe { CT.get(&back) }.copied() else {
+            continue;
+        };
+        let quiet = now.saturating_sub(holder.last_seen_ns);
+        let done = holder.flags & CT_CLOSING != 0 || packet.proto == PROTO_UDP;
+        if ((done && quiet >= closed_ns) || quiet >= idle_ns)
+            && CT.insert(&back, &client, 0).is_ok()
+        {
+            port = candidate;
             break;
         }
     }
@@ -308,9 +351,24 @@ fn snat(packet: &Packet, service: &ServiceValue, baddr: u32, bport: u16) -> Resu
     let node_side = CtValue {
         addr: [naddr, 0, 0, 0],
         port,
+        last_seen_ns: 0,
         ..client
     };
     CT.insert(&out, &node_side, 0).map_err(|_| ())
+}
+
+/// Records a packet of the flow owning a SNAT port: when, and whether it closes.
+fn touch(owner: &CtKey, closes: bool) {
+    if let Some(entry) = CT.get_ptr_mut(owner) {
+        // SAFETY: a map value of this type; racing updates only write a time or set a
+        // flag, and any of the racing values is fine.
+        unsafe {
+            (*entry).last_seen_ns = bpf_ktime_get_ns();
+            if closes {
+                (*entry).flags |= CT_CLOSING;
+            }
+        }
+    }
 }
 
 /// A backend id and its slot for a new flow: the client's previous one while affinity

@@ -19,7 +19,7 @@ use aya::programs::{
     links::PinnedLink, tc::TcAttachOptions,
 };
 use aya::{Ebpf, EbpfLoader};
-use ferrokube_ebpf_common::{FAMILY_V4, NodeConfig, map_names, program_names, sizes};
+use ferrokube_ebpf_common::{FAMILY_V4, NodeConfig, ct, map_names, program_names, sizes};
 use tracing::{info, warn};
 
 use crate::bpffs::{self, BpffsError};
@@ -127,6 +127,31 @@ impl Default for Sizes {
     }
 }
 
+/// Source NAT of flows from outside to backends on other nodes (the tc path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snat {
+    /// First source port.
+    pub port_min: u16,
+    /// Number of source ports (per backend address and port).
+    pub ports: u16,
+    /// A port whose flow closed (FIN/RST), or whose UDP flow went quiet, is reused after
+    /// this many seconds.
+    pub closed_reuse_secs: u32,
+    /// A port whose TCP flow sent nothing for this many seconds is reused.
+    pub idle_reuse_secs: u32,
+}
+
+impl Default for Snat {
+    fn default() -> Self {
+        Self {
+            port_min: ct::SNAT_PORT_MIN,
+            ports: ct::SNAT_PORTS,
+            closed_reuse_secs: ct::SNAT_CLOSED_REUSE_SECS,
+            idle_reuse_secs: ct::SNAT_IDLE_REUSE_SECS,
+        }
+    }
+}
+
 /// Where and how to run the dataplane.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -145,6 +170,8 @@ pub struct Config {
     /// The node's addresses (NodePort frontends; the first is the SNAT address). Empty:
     /// the IPv4 addresses of `interface`.
     pub node_ips: Vec<Ipv4Addr>,
+    /// SNAT ports and their reuse (written on every start).
+    pub snat: Snat,
 }
 
 impl Config {
@@ -157,6 +184,7 @@ impl Config {
             sizes: Sizes::default(),
             interface: None,
             node_ips: Vec::new(),
+            snat: Snat::default(),
         }
     }
 }
@@ -204,7 +232,7 @@ impl Dataplane {
             (Some(interface), true) => interface_ipv4s(interface)?,
             _ => config.node_ips.clone(),
         };
-        write_node_config(&mut ebpf, node_ips.first().copied())?;
+        write_node_config(&mut ebpf, node_ips.first().copied(), config.snat)?;
         let maps = KernelMaps::from_ebpf(&mut ebpf)?;
         let mut adopted_links = 0;
         let mut cgroup: Option<File> = None;
@@ -359,20 +387,31 @@ fn interface_ipv4s(interface: &str) -> Result<Vec<Ipv4Addr>, LoadError> {
         .collect())
 }
 
-/// Writes the node settings (the SNAT address) for the tc programs.
-fn write_node_config(ebpf: &mut Ebpf, snat: Option<Ipv4Addr>) -> Result<(), LoadError> {
+/// Writes the node settings (the SNAT address and ports) for the tc programs.
+fn write_node_config(
+    ebpf: &mut Ebpf,
+    snat_addr: Option<Ipv4Addr>,
+    snat: Snat,
+) -> Result<(), LoadError> {
     let map = ebpf
         .map_mut(map_names::NODE)
         .ok_or(LoadError::Maps(MapsError::Missing(map_names::NODE)))?;
     let mut array: Array<&mut MapData, NodeConfig> =
         Array::try_from(map).map_err(|source| LoadError::NodeMap { source })?;
-    let value = match snat.map(IpAddr::V4) {
+    let ports = NodeConfig {
+        snat_port_min: snat.port_min,
+        snat_ports: snat.ports.min(u16::MAX - snat.port_min.saturating_sub(1)),
+        closed_reuse_secs: snat.closed_reuse_secs,
+        idle_reuse_secs: snat.idle_reuse_secs,
+        ..NodeConfig::default()
+    };
+    let value = match snat_addr.map(IpAddr::V4) {
         Some(IpAddr::V4(v4)) => NodeConfig {
             snat_addr: [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
             family: FAMILY_V4,
-            pad: [0; 3],
+            ..ports
         },
-        _ => NodeConfig::default(),
+        _ => ports,
     };
     array
         .set(0, value, 0)

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use ferrokube_proxy::sync::{ApplyStats, Input};
-use ferrokube_proxy::{Agent, Config, Sizes, bpffs, list, source};
+use ferrokube_proxy::{Agent, Config, Sizes, Snat, bpffs, list, source};
 use ferrokube_testkit::netlab::{EchoServers, NodeLab, TestCgroup, unique_name};
 use ferrokube_testkit::netns::Netns;
 
@@ -47,6 +47,10 @@ struct Harness {
 
 impl Harness {
     fn new(pods1: u8, pods2: u8) -> Result<Self> {
+        Self::with_snat(pods1, pods2, Snat::default())
+    }
+
+    fn with_snat(pods1: u8, pods2: u8, snat: Snat) -> Result<Self> {
         let lab = NodeLab::new(pods1, pods2)?;
         let servers = vec![
             EchoServers::start_reporting_peer(&lab.pods1.path(), &lab.pod1_addrs, TARGET)?,
@@ -64,6 +68,7 @@ impl Harness {
             ct: 4096,
         };
         config.interface = Some(NodeLab::EXTERNAL_IF.into());
+        config.snat = snat;
         let pins = Pins {
             bpffs: config.bpffs.clone(),
             node: node.clone(),
@@ -542,8 +547,33 @@ fn restart_adopts_the_tc_links_and_keeps_established_flows_needs_root() -> Resul
     Ok(())
 }
 
-/// One TCP request from the outside client, from a fixed source port.
+/// The client port is still held by the previous connection on the same tuple.
+#[derive(Debug)]
+struct Busy;
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("client port still in use")
+    }
+}
+
+impl std::error::Error for Busy {}
+
+/// One TCP request from the outside client, from a fixed source port (waiting, bounded,
+/// while the previous connection on the same tuple finishes closing).
 fn tcp_from_port(ns: &Netns, port: u16, to: SocketAddrV4) -> Result<Echo> {
+    ferrokube_testkit::wait_for(
+        "a request from a fixed port",
+        Duration::from_secs(5),
+        || match tcp_from_port_once(ns, port, to) {
+            Ok(echo) => Ok(Some(echo)),
+            Err(e) if e.downcast_ref::<Busy>().is_some() => Ok(None),
+            Err(e) => Err(e),
+        },
+    )
+}
+
+fn tcp_from_port_once(ns: &Netns, port: u16, to: SocketAddrV4) -> Result<Echo> {
     use nix::sys::socket::{
         AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket,
         sockopt::ReuseAddr,
@@ -566,6 +596,11 @@ fn tcp_from_port(ns: &Netns, port: u16, to: SocketAddrV4) -> Result<Echo> {
             std::os::fd::AsRawFd::as_raw_fd(&stream),
             &SockaddrIn::from(to),
         )
+        .map_err(|e| match e {
+            // The previous connection on this tuple is still closing (LAST_ACK).
+            nix::errno::Errno::EADDRNOTAVAIL => anyhow::anyhow!(Busy),
+            e => anyhow::Error::from(e),
+        })
         .with_context(|| format!("connecting to {to} from port {port}"))?;
         stream.set_read_timeout(Some(Duration::from_secs(3)))?;
         stream.write_all(b"hello")?;
@@ -639,6 +674,43 @@ fn a_reused_tuple_is_a_new_connection_once_its_backend_left_needs_root() -> Resu
         ask(&socket)?.backend,
         new,
         "a UDP flow leaves a removed backend at once"
+    );
+    Ok(())
+}
+
+#[test]
+fn snat_ports_of_closed_flows_are_reused_needs_root() -> Result<()> {
+    // Two SNAT ports, reusable as soon as their flow closed (UDP: at once).
+    let snat = Snat {
+        port_min: 62_000,
+        ports: 2,
+        closed_reuse_secs: 0,
+        ..Snat::default()
+    };
+    let mut h = Harness::with_snat(0, 1, snat)?;
+    let remote = h.lab.pod2_addrs[0];
+    h.apply(&service(
+        "ports",
+        "NodePort",
+        "",
+        &[("http", "TCP", 80, 30089), ("dns", "UDP", 53, 30058)],
+        &[(remote, "other-node", "ready")],
+    ))?;
+    let mut ports = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let echo = tcp(h.outside(), at(NODE1, 30089))?;
+        assert_eq!(
+            (echo.backend, echo.peer.ip()),
+            (remote, std::net::IpAddr::V4(NODE1))
+        );
+        ports.insert(echo.peer.port());
+        let echo = udp(h.outside(), at(NODE1, 30058))?;
+        assert_eq!(echo.peer.ip(), NODE1);
+        ports.insert(echo.peer.port());
+    }
+    assert!(
+        ports.iter().all(|p| (62_000..62_002).contains(p)),
+        "10 TCP and 10 UDP flows on 2 ports: {ports:?}"
     );
     Ok(())
 }
