@@ -12,7 +12,8 @@
 //!
 //! A [`CT_FORWARD`] entry keeps a flow on its backend (a terminating backend keeps its
 //! connections). A TCP SYN reuses it only while the backend still sits in the slot it was
-//! chosen from (else it is a new connection and picks again); a UDP datagram only while
+//! chosen from and, for a remote backend, while the flow's SNAT port is still its own
+//! (else it is a new connection and starts afresh); a UDP datagram only while
 //! the backend still exists, so UDP flows leave a removed backend at once. Entries
 //! leave by LRU eviction; a [`CT_SNAT_IN`] entry (which owns a SNAT port) records when
 //! its flow last sent a packet and whether it closed, so its port can be taken over by a

@@ -114,6 +114,12 @@ impl Packet {
         }
     }
 
+    /// A TCP SYN without ACK: a new connection.
+    fn bare_syn(&self, ctx: &TcContext) -> bool {
+        // Flags byte: offset 13 of the TCP header; SYN 0x02, ACK 0x10.
+        self.proto == PROTO_TCP && ctx.load::<u8>(self.l4 + 13).is_ok_and(|f| f & 0x12 == 0x02)
+    }
+
     /// A TCP packet with FIN or RST set.
     fn closes(&self, ctx: &TcContext) -> bool {
         // Flags byte: offset 13 of the TCP header; FIN 0x01, RST 0x04.
@@ -213,17 +219,39 @@ fn ingress(ctx: &mut TcContext, packet: &Packet) -> i32 {
     // 2. An external frontend.
     let frontend = ServiceKey::v4(packet.daddr, packet.dport, packet.proto);
     // SAFETY: copied at once; the user side replaces values, never edits them in place.
-    let Some(service) = unsafe { SERVICES.get(&frontend) }.copied() else {
+    let Some(service) = unsafe { SERVICES.get(&frontend) }
+        .copied()
+        .filter(|s| s.flags & SERVICE_EXTERNAL != 0)
+    else {
+        forget_reply(ctx, packet);
         return TC_ACT_UNSPEC;
     };
-    if service.flags & SERVICE_EXTERNAL == 0 {
-        return TC_ACT_UNSPEC;
-    }
     let forward = packet.key(CT_FORWARD);
     // SAFETY: copied at once.
+    let syn = packet.bare_syn(ctx);
     if let Some(entry) = unsafe { CT.get(&forward) }.copied()
-        && still_valid(ctx, packet, &service, &entry)
+        && still_valid(packet, syn, &service, &entry)
+        && (!syn || snat_intact(packet, &entry))
     {
+        if syn {
+            // The REPLY entry may be gone (see `forget_reply`): a new connection has one.
+            let reply = CtKey {
+                saddr: entry.addr,
+                daddr: [packet.saddr, 0, 0, 0],
+                sport: entry.port,
+                dport: packet.sport,
+                kind: CT_REPLY,
+                ..forward
+            };
+            let to_frontend = CtValue {
+                addr: [packet.daddr, 0, 0, 0],
+                port: packet.dport,
+                backend_id: 0,
+                slot: 0,
+                ..entry
+            };
+            let _ = CT.insert(&reply, &to_frontend, 0);
+        }
         return verdict(packet.rewrite(ctx, false, entry.addr[0], entry.port));
     }
     if service.count == 0 {
@@ -422,15 +450,11 @@ fn pick_backend(packet: &Packet, service: &ServiceValue) -> Option<(u32, u32)> {
 
 /// May a packet follow an existing [`CT_FORWARD`] entry? TCP other than a bare SYN:
 /// always (established connections stay, terminating backend or not). A bare SYN (a new
-/// connection reusing the tuple): while the backend still sits in its slot. UDP: while
-/// the backend still exists.
-fn still_valid(ctx: &TcContext, packet: &Packet, service: &ServiceValue, entry: &CtValue) -> bool {
+/// connection reusing the tuple, or a retransmission): while the backend still sits in
+/// its slot. UDP: while the backend still exists.
+fn still_valid(packet: &Packet, syn: bool, service: &ServiceValue, entry: &CtValue) -> bool {
     if packet.proto == PROTO_TCP {
-        // Flags byte: offset 13 of the TCP header; SYN 0x02, ACK 0x10.
-        let Ok(flags) = ctx.load::<u8>(packet.l4 + 13) else {
-            return true;
-        };
-        if flags & 0x12 != 0x02 {
+        if !syn {
             return true;
         }
         let key = SlotKey {
@@ -445,6 +469,75 @@ fn still_valid(ctx: &TcContext, packet: &Packet, service: &ServiceValue, entry: 
     match unsafe { BACKENDS.get(&entry.backend_id) }.copied() {
         Some(backend) => backend.addr[0] == entry.addr[0] && backend.port == entry.port,
         None => false,
+    }
+}
+
+/// A bare SYN on a tuple with a flow: is the flow's SNAT (if any) still its own? A closed
+/// flow's port may have gone to another client since; then the SYN starts afresh. When
+/// it is intact (a retransmitted SYN, or the same client reconnecting at once), the
+/// port is marked in use again.
+fn snat_intact(packet: &Packet, entry: &CtValue) -> bool {
+    // SAFETY: copied at once.
+    let Some(backend) = unsafe { BACKENDS.get(&entry.backend_id) }.copied() else {
+        return false;
+    };
+    if backend.flags & BACKEND_LOCAL != 0 {
+        return true;
+    }
+    let out = CtKey {
+        saddr: [packet.saddr, 0, 0, 0],
+        daddr: entry.addr,
+        sport: packet.sport,
+        dport: entry.port,
+        proto: packet.proto,
+        family: FAMILY_V4,
+        kind: CT_SNAT_OUT,
+        pad: 0,
+    };
+    // SAFETY: copied at once.
+    let Some(node_side) = unsafe { CT.get(&out) }.copied() else {
+        return false;
+    };
+    let owner = CtKey {
+        saddr: entry.addr,
+        daddr: node_side.addr,
+        sport: entry.port,
+        dport: node_side.port,
+        proto: packet.proto,
+        family: FAMILY_V4,
+        kind: CT_SNAT_IN,
+        pad: 0,
+    };
+    match CT.get_ptr_mut(&owner) {
+        // SAFETY: a map value of this type; see `touch`.
+        Some(holder) => unsafe {
+            if (*holder).addr[0] != packet.saddr || (*holder).port != packet.sport {
+                return false;
+            }
+            (*holder).flags &= !CT_CLOSING;
+            (*holder).last_seen_ns = bpf_ktime_get_ns();
+            true
+        },
+        None => false,
+    }
+}
+
+/// A new TCP connection that is not to a frontend (say, straight to a pod) may reuse the
+/// tuple of a finished NodePort flow to the same backend: drop that flow's `REPLY`
+/// entry, or egress would rewrite this connection's replies to the frontend.
+fn forget_reply(ctx: &TcContext, packet: &Packet) {
+    if packet.bare_syn(ctx) {
+        let reply = CtKey {
+            saddr: [packet.daddr, 0, 0, 0],
+            daddr: [packet.saddr, 0, 0, 0],
+            sport: packet.dport,
+            dport: packet.sport,
+            proto: packet.proto,
+            family: FAMILY_V4,
+            kind: CT_REPLY,
+            pad: 0,
+        };
+        let _ = CT.remove(&reply);
     }
 }
 

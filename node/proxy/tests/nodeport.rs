@@ -714,3 +714,63 @@ fn snat_ports_of_closed_flows_are_reused_needs_root() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_reused_tuple_whose_snat_port_moved_on_starts_afresh_needs_root() -> Result<()> {
+    // One SNAT port, free as soon as its flow closed.
+    let snat = Snat {
+        port_min: 62_100,
+        ports: 1,
+        closed_reuse_secs: 0,
+        ..Snat::default()
+    };
+    let mut h = Harness::with_snat(0, 1, snat)?;
+    let remote = h.lab.pod2_addrs[0];
+    h.apply(&service(
+        "moved",
+        "NodePort",
+        "",
+        &[("http", "TCP", 80, 30090)],
+        &[(remote, "other-node", "ready")],
+    ))?;
+    let to = at(NODE1, 30090);
+    // Client port A, then B (B takes A's closed SNAT port), then A again: A's old flow
+    // entries still name that port, which now belongs to B's flow.
+    for port in [40_200, 40_201, 40_200, 40_201] {
+        let echo = tcp_from_port(h.outside(), port, to)?;
+        assert_eq!(echo.backend, remote);
+        assert_eq!(echo.peer, SocketAddr::from((NODE1, 62_100)));
+    }
+    Ok(())
+}
+
+#[test]
+fn a_direct_connection_reusing_a_nodeport_tuple_is_left_alone_needs_root() -> Result<()> {
+    let mut h = Harness::new(1, 0)?;
+    let node = h.node.clone();
+    let pod = h.lab.pod1_addrs[0];
+    h.apply(&service(
+        "direct",
+        "NodePort",
+        "",
+        &[("http", "TCP", 80, 30091)],
+        &[(pod, &node, "ready")],
+    ))?;
+    // The client may also reach the pod network directly, through node 1.
+    h.lab
+        .outside
+        .ip(&["route", "add", "10.244.0.0/16", "via", "10.251.0.2"])?;
+    let client_port = 40_300;
+    let echo = tcp_from_port(h.outside(), client_port, at(NODE1, 30091))?;
+    assert_eq!(echo.backend, pod);
+    // Same client port, now straight to the pod: the NodePort flow's reverse NAT must not
+    // touch it (its replies come from the pod itself).
+    let echo = tcp_from_port(h.outside(), client_port, at(pod, TARGET))?;
+    assert_eq!((echo.backend, echo.peer.port()), (pod, client_port));
+    // And back through the NodePort.
+    assert_eq!(
+        tcp_from_port(h.outside(), client_port, at(NODE1, 30091))?.backend,
+        pod
+    );
+    Ok(())
+}
