@@ -237,7 +237,11 @@ fn services(node: &str, local: Ipv4Addr, remote: Ipv4Addr) -> String {
 }
 
 fn main() -> Result<()> {
-    let mut out = PathBuf::from("target/bench/tcpath.json");
+    // `cargo bench` runs in the package directory: default to the workspace's target/.
+    let mut out = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../target/bench/tcpath.json"
+    ));
     let mut seconds = 3.0f64;
     let mut rounds = 3usize;
     let mut only: Option<String> = None;
