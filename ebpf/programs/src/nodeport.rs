@@ -227,8 +227,8 @@ fn ingress(ctx: &mut TcContext, packet: &Packet) -> i32 {
         return TC_ACT_UNSPEC;
     };
     let forward = packet.key(CT_FORWARD);
-    // SAFETY: copied at once.
     let syn = packet.bare_syn(ctx);
+    // SAFETY: copied at once.
     if let Some(entry) = unsafe { CT.get(&forward) }.copied()
         && still_valid(packet, syn, &service, &entry)
         && (!syn || snat_intact(packet, &entry))
