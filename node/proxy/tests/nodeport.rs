@@ -253,6 +253,20 @@ fn nodeport_tcp_and_udp_reach_local_backends_with_reverse_nat_needs_root() -> Re
         .find(|l| l.contains("10.251.0.2:30080/TCP"))
         .context("frontend listed")?;
     assert!(line.contains("translated 24 "), "{listed}");
+    // Per backend too (the TCP backends serve only this frontend and the ClusterIP).
+    let per_backend: u64 = listed
+        .lines()
+        .filter(|l| l.contains("-> 10.244.1.") && l.contains(":8080/TCP"))
+        .filter_map(|l| {
+            l.split("translated ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(per_backend, 2 * 24, "listed under both frontends: {listed}");
 
     // Reset (drop the agent, remove the pins): the tc links go (the kernel releases an
     // unpinned link asynchronously), and the node port is refused by the host stack.
