@@ -179,7 +179,10 @@ pub fn fk_tc_ingress(mut ctx: TcContext) -> i32 {
 #[classifier]
 pub fn fk_tc_egress(mut ctx: TcContext) -> i32 {
     let Some(packet) = Packet::parse(&ctx) else {
-        return TC_ACT_UNSPEC;
+        return match icmp_error_egress(&mut ctx) {
+            Some(()) => TC_ACT_OK as i32,
+            None => TC_ACT_UNSPEC,
+        };
     };
     for kind in [CT_REPLY, CT_SNAT_OUT] {
         // SAFETY: copied at once; entries are replaced (only `last_seen_ns` and `flags` of
@@ -539,6 +542,80 @@ fn forget_reply(ctx: &TcContext, packet: &Packet) {
         };
         let _ = CT.remove(&reply);
     }
+}
+
+const PROTO_ICMP: u8 = 1;
+
+/// An ICMP error (destination unreachable, time exceeded) that a local backend sends a
+/// client about a translated flow quotes the backend's address and port: give the
+/// quoted destination, and the outer source when it is the backend, the frontend's
+/// instead, so the client's socket gets the error (a UDP port unreachable becomes
+/// `ECONNREFUSED` there). IPv4 headers without options only. `None`: not such a packet.
+fn icmp_error_egress(ctx: &mut TcContext) -> Option<()> {
+    if u16::from_be(ctx.load::<u16>(12).ok()?) != ETH_P_IP
+        || ctx.load::<u8>(IP_OFF).ok()? != 0x45
+        || ctx.load::<u8>(IP_PROTO_OFF).ok()? != PROTO_ICMP
+    {
+        return None;
+    }
+    let icmp = IP_OFF + 20;
+    let icmp_csum = icmp + 2;
+    let icmp_type: u8 = ctx.load(icmp).ok()?;
+    if icmp_type != 3 && icmp_type != 11 {
+        return None;
+    }
+    let inner = icmp + 8;
+    if ctx.load::<u8>(inner).ok()? != 0x45 {
+        return None;
+    }
+    let proto: u8 = ctx.load(inner + 9).ok()?;
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return None;
+    }
+    let client: u32 = ctx.load(inner + 12).ok()?;
+    let backend: u32 = ctx.load(inner + 16).ok()?;
+    let client_port: u16 = ctx.load(inner + 20).ok()?;
+    let backend_port: u16 = ctx.load(inner + 22).ok()?;
+    let reply = CtKey {
+        saddr: [backend, 0, 0, 0],
+        daddr: [client, 0, 0, 0],
+        sport: backend_port,
+        dport: client_port,
+        proto,
+        family: FAMILY_V4,
+        kind: CT_REPLY,
+        pad: 0,
+    };
+    // SAFETY: copied at once.
+    let entry = unsafe { CT.get(&reply) }.copied()?;
+    let (faddr, fport) = (entry.addr[0], entry.port);
+    // The quoted destination port; the ICMP checksum covers the quoted bytes.
+    ctx.l4_csum_replace(icmp_csum, u64::from(backend_port), u64::from(fport), 2)
+        .ok()?;
+    ctx.store(inner + 22, &fport, 0).ok()?;
+    // The quoted destination address, with the quoted header's checksum.
+    let old_inner_csum: u16 = ctx.load(inner + 10).ok()?;
+    ctx.l3_csum_replace(inner + 10, u64::from(backend), u64::from(faddr), 4)
+        .ok()?;
+    let new_inner_csum: u16 = ctx.load(inner + 10).ok()?;
+    ctx.store(inner + 16, &faddr, 0).ok()?;
+    ctx.l4_csum_replace(icmp_csum, u64::from(backend), u64::from(faddr), 4)
+        .ok()?;
+    ctx.l4_csum_replace(
+        icmp_csum,
+        u64::from(old_inner_csum),
+        u64::from(new_inner_csum),
+        2,
+    )
+    .ok()?;
+    // The sender, when it is the backend itself.
+    let source: u32 = ctx.load(IP_SRC_OFF).ok()?;
+    if source == backend {
+        ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(source), u64::from(faddr), 4)
+            .ok()?;
+        ctx.store(IP_SRC_OFF, &faddr, 0).ok()?;
+    }
+    Some(())
 }
 
 fn verdict(result: Result<(), ()>) -> i32 {
