@@ -171,7 +171,10 @@ impl Packet {
 #[classifier]
 pub fn fk_tc_ingress(mut ctx: TcContext) -> i32 {
     let Some(packet) = Packet::parse(&ctx) else {
-        return TC_ACT_UNSPEC;
+        return match icmp_error_ingress(&mut ctx) {
+            Some(()) => TC_ACT_OK as i32,
+            None => TC_ACT_UNSPEC,
+        };
     };
     ingress(&mut ctx, &packet)
 }
@@ -546,36 +549,17 @@ fn forget_reply(ctx: &TcContext, packet: &Packet) {
 
 const PROTO_ICMP: u8 = 1;
 
-/// An ICMP error (destination unreachable, time exceeded) that a local backend sends a
-/// client about a translated flow quotes the backend's address and port: give the
-/// quoted destination, and the outer source when it is the backend, the frontend's
-/// instead, so the client's socket gets the error (a UDP port unreachable becomes
-/// `ECONNREFUSED` there). IPv4 headers without options only. `None`: not such a packet.
+/// An ICMP error (destination unreachable, time exceeded) that a backend sends a client
+/// about a translated flow quotes the backend's address and port: give the quoted
+/// destination, and the outer source when it is the backend, the frontend's instead, so
+/// the client's socket gets the error (a UDP port unreachable becomes `ECONNREFUSED`
+/// there). IPv4 headers without options only. `None`: not such a packet.
 fn icmp_error_egress(ctx: &mut TcContext) -> Option<()> {
-    if u16::from_be(ctx.load::<u16>(12).ok()?) != ETH_P_IP
-        || ctx.load::<u8>(IP_OFF).ok()? != 0x45
-        || ctx.load::<u8>(IP_PROTO_OFF).ok()? != PROTO_ICMP
-    {
-        return None;
-    }
-    let icmp = IP_OFF + 20;
-    let icmp_csum = icmp + 2;
-    let icmp_type: u8 = ctx.load(icmp).ok()?;
-    if icmp_type != 3 && icmp_type != 11 {
-        return None;
-    }
-    let inner = icmp + 8;
-    if ctx.load::<u8>(inner).ok()? != 0x45 {
-        return None;
-    }
-    let proto: u8 = ctx.load(inner + 9).ok()?;
-    if proto != PROTO_TCP && proto != PROTO_UDP {
-        return None;
-    }
-    let client: u32 = ctx.load(inner + 12).ok()?;
-    let backend: u32 = ctx.load(inner + 16).ok()?;
-    let client_port: u16 = ctx.load(inner + 20).ok()?;
-    let backend_port: u16 = ctx.load(inner + 22).ok()?;
+    let proto = icmp_error_proto(ctx)?;
+    let client: u32 = ctx.load(INNER + 12).ok()?;
+    let backend: u32 = ctx.load(INNER + 16).ok()?;
+    let client_port: u16 = ctx.load(INNER + 20).ok()?;
+    let backend_port: u16 = ctx.load(INNER + 22).ok()?;
     let reply = CtKey {
         saddr: [backend, 0, 0, 0],
         daddr: [client, 0, 0, 0],
@@ -589,33 +573,114 @@ fn icmp_error_egress(ctx: &mut TcContext) -> Option<()> {
     // SAFETY: copied at once.
     let entry = unsafe { CT.get(&reply) }.copied()?;
     let (faddr, fport) = (entry.addr[0], entry.port);
-    // The quoted destination port; the ICMP checksum covers the quoted bytes.
-    ctx.l4_csum_replace(icmp_csum, u64::from(backend_port), u64::from(fport), 2)
+    // The quoted destination.
+    rewrite_quoted(
+        ctx,
+        INNER + 16,
+        backend,
+        faddr,
+        INNER + 22,
+        backend_port,
+        fport,
+    )?;
+    // The sender, when it is the backend itself.
+    let source: u32 = ctx.load(IP_SRC_OFF).ok()?;
+    if source == backend {
+        rewrite_outer(ctx, IP_SRC_OFF, source, faddr)?;
+    }
+    Some(())
+}
+
+/// An ICMP error from a remote backend to this node about a SNATed flow (quoting node:port
+/// -> backend): the quoted source and the outer destination go back to the client; the
+/// kernel forwards it out, and egress ([`icmp_error_egress`]) puts the frontend in.
+fn icmp_error_ingress(ctx: &mut TcContext) -> Option<()> {
+    let proto = icmp_error_proto(ctx)?;
+    let node: u32 = ctx.load(INNER + 12).ok()?;
+    let backend: u32 = ctx.load(INNER + 16).ok()?;
+    let node_port: u16 = ctx.load(INNER + 20).ok()?;
+    let backend_port: u16 = ctx.load(INNER + 22).ok()?;
+    let owner = CtKey {
+        saddr: [backend, 0, 0, 0],
+        daddr: [node, 0, 0, 0],
+        sport: backend_port,
+        dport: node_port,
+        proto,
+        family: FAMILY_V4,
+        kind: CT_SNAT_IN,
+        pad: 0,
+    };
+    // SAFETY: copied at once.
+    let client = unsafe { CT.get(&owner) }.copied()?;
+    let (caddr, cport) = (client.addr[0], client.port);
+    rewrite_quoted(ctx, INNER + 12, node, caddr, INNER + 20, node_port, cport)?;
+    let destination: u32 = ctx.load(IP_DST_OFF).ok()?;
+    if destination == node {
+        rewrite_outer(ctx, IP_DST_OFF, destination, caddr)?;
+    }
+    Some(())
+}
+
+/// Where an ICMP error quotes the offending packet (IPv4 without options).
+const INNER: usize = IP_OFF + 20 + 8;
+const ICMP_CSUM_OFF: usize = IP_OFF + 20 + 2;
+
+/// An IPv4 ICMP destination-unreachable or time-exceeded quoting a TCP or UDP packet
+/// (no IP options in either header): the quoted protocol.
+fn icmp_error_proto(ctx: &TcContext) -> Option<u8> {
+    if u16::from_be(ctx.load::<u16>(12).ok()?) != ETH_P_IP
+        || ctx.load::<u8>(IP_OFF).ok()? != 0x45
+        || ctx.load::<u8>(IP_PROTO_OFF).ok()? != PROTO_ICMP
+    {
+        return None;
+    }
+    let icmp_type: u8 = ctx.load(IP_OFF + 20).ok()?;
+    if icmp_type != 3 && icmp_type != 11 {
+        return None;
+    }
+    if ctx.load::<u8>(INNER).ok()? != 0x45 {
+        return None;
+    }
+    let proto: u8 = ctx.load(INNER + 9).ok()?;
+    (proto == PROTO_TCP || proto == PROTO_UDP).then_some(proto)
+}
+
+/// Rewrites a quoted address and port, fixing the quoted IP checksum and the ICMP
+/// checksum (which covers the quoted bytes). Inlined: BPF calls take at most 5 arguments.
+#[inline(always)]
+fn rewrite_quoted(
+    ctx: &mut TcContext,
+    addr_off: usize,
+    old_addr: u32,
+    addr: u32,
+    port_off: usize,
+    old_port: u16,
+    port: u16,
+) -> Option<()> {
+    ctx.l4_csum_replace(ICMP_CSUM_OFF, u64::from(old_port), u64::from(port), 2)
         .ok()?;
-    ctx.store(inner + 22, &fport, 0).ok()?;
-    // The quoted destination address, with the quoted header's checksum.
-    let old_inner_csum: u16 = ctx.load(inner + 10).ok()?;
-    ctx.l3_csum_replace(inner + 10, u64::from(backend), u64::from(faddr), 4)
+    ctx.store(port_off, &port, 0).ok()?;
+    let old_inner_csum: u16 = ctx.load(INNER + 10).ok()?;
+    ctx.l3_csum_replace(INNER + 10, u64::from(old_addr), u64::from(addr), 4)
         .ok()?;
-    let new_inner_csum: u16 = ctx.load(inner + 10).ok()?;
-    ctx.store(inner + 16, &faddr, 0).ok()?;
-    ctx.l4_csum_replace(icmp_csum, u64::from(backend), u64::from(faddr), 4)
+    let new_inner_csum: u16 = ctx.load(INNER + 10).ok()?;
+    ctx.store(addr_off, &addr, 0).ok()?;
+    ctx.l4_csum_replace(ICMP_CSUM_OFF, u64::from(old_addr), u64::from(addr), 4)
         .ok()?;
     ctx.l4_csum_replace(
-        icmp_csum,
+        ICMP_CSUM_OFF,
         u64::from(old_inner_csum),
         u64::from(new_inner_csum),
         2,
     )
-    .ok()?;
-    // The sender, when it is the backend itself.
-    let source: u32 = ctx.load(IP_SRC_OFF).ok()?;
-    if source == backend {
-        ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(source), u64::from(faddr), 4)
-            .ok()?;
-        ctx.store(IP_SRC_OFF, &faddr, 0).ok()?;
-    }
-    Some(())
+    .ok()
+}
+
+/// Rewrites the outer source or destination address (ICMP has no pseudo-header).
+fn rewrite_outer(ctx: &mut TcContext, off: usize, old: u32, new: u32) -> Option<()> {
+    ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old), u64::from(new), 4)
+        .ok()?;
+    ctx.store(off, &new, 0).ok()
 }
 
 fn verdict(result: Result<(), ()>) -> i32 {

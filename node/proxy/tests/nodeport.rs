@@ -791,7 +791,7 @@ fn a_direct_connection_reusing_a_nodeport_tuple_is_left_alone_needs_root() -> Re
 
 #[test]
 fn a_backends_icmp_error_reaches_the_client_as_the_frontends_needs_root() -> Result<()> {
-    let mut h = Harness::new(1, 0)?;
+    let mut h = Harness::new(1, 1)?;
     let node = h.node.clone();
     let pod = h.lab.pod1_addrs[0];
     // The endpoint's port has no server: the pod answers with ICMP port unreachable.
@@ -821,6 +821,37 @@ fn a_backends_icmp_error_reaches_the_client_as_the_frontends_needs_root() -> Res
         kind,
         Some(ErrorKind::ConnectionRefused),
         "after {elapsed:?}"
+    );
+    assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+
+    // The same from a remote backend, through the SNAT.
+    let remote = h.lab.pod2_addrs[0];
+    let yaml = service(
+        "closed2",
+        "NodePort",
+        "",
+        &[("dns", "UDP", 53, 30093)],
+        &[(remote, "other-node", "ready")],
+    )
+    .replace(&format!("port: {TARGET}}}"), "port: 9999}");
+    h.apply(&yaml)?;
+    let to = at(NODE1, 30093);
+    let (kind, elapsed) = h.outside().run_in(move || {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.connect(to)?;
+        socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let start = Instant::now();
+        socket.send(b"hello")?;
+        let mut buf = [0u8; 64];
+        Ok((
+            socket.recv(&mut buf).err().map(|e| e.kind()),
+            start.elapsed(),
+        ))
+    })?;
+    assert_eq!(
+        kind,
+        Some(ErrorKind::ConnectionRefused),
+        "remote, after {elapsed:?}"
     );
     assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
     Ok(())
