@@ -1,7 +1,9 @@
 //! `ferrokube proxy` as a user runs it (needs root for bpffs and cgroups; CI is root):
 //! apply a file with `--once` into a test cgroup, read it back with `proxy list`, change
 //! the file, reset; and `--kubeconfig`, following a `ferrokube server`. The traffic itself
-//! is tested in `node/proxy/tests/socket_lb.rs` and `apiserver_watch.rs`.
+//! is tested in `node/proxy/tests/socket_lb.rs`, `apiserver_watch.rs` and `nodeport.rs`;
+//! here one NodePort request checks that `--interface` attaches the tc programs and
+//! `proxy reset` detaches them.
 
 mod common;
 
@@ -9,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use anyhow::{Context, Result, ensure};
-use ferrokube_testkit::netlab::{TestCgroup, unique_name};
+use ferrokube_testkit::netlab::{EchoServers, NodeLab, TestCgroup, unique_name};
 
 use common::BIN;
 
@@ -153,53 +155,11 @@ fn proxy_reports_bad_input_clearly() -> Result<()> {
 }
 
 #[test]
-fn proxy_follows_the_apiserver() -> Result<()> {
-    let server = common::Server::start(common::Backend::Embedded)?;
-    let cgroup = TestCgroup::new(&unique_name("ferrokube-cli-"))?;
-    let node = unique_name("cli-node-");
-    let _pins = Pins(node.clone());
-    let out = server.kubectl_stdin(
-        &["apply", "-f", "-"],
-        Some(&services(&["10.250.0.10", "10.250.0.11"])),
-    )?;
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let kubeconfig = server.kubeconfig().to_string_lossy().into_owned();
-    let cgroup_arg = cgroup.path().to_string_lossy().into_owned();
-    let run = [
-        "proxy",
-        "--node",
-        &node,
-        "--kubeconfig",
-        &kubeconfig,
-        "--cgroup",
-        &cgroup_arg,
-        "--once",
-        "--max-services",
-        "64",
-        "--max-backends",
-        "64",
-        "--max-slots",
-        "256",
-    ];
-    ok(&run)?;
-    let listed = ok(&["proxy", "list", "--node", &node])?;
-    assert!(listed.contains("10.96.0.10:80/TCP"), "{listed}");
-    assert!(listed.contains("-> 10.250.0.10:8080/TCP"), "{listed}");
-    assert!(listed.contains("-> 10.250.0.11:8080/TCP"), "{listed}");
-    // Both sources at once is a usage error.
-    let both = ferrokube(&[
-        "proxy",
-        "--node",
-        &node,
-        "--kubeconfig",
-        &kubeconfig,
-        "--from-file",
-        "x",
-    ])?;
-    assert!(!both.status.success());
+//! the file, reset; and `--kubeconfig`, following a `ferrokube server`. The traffic itself
+//! is tested in `node/proxy/tests/socket_lb.rs`, `apiserver_watch.rs` and `nodeport.rs`;
+//! here one NodePort request checks that `--interface` attaches the tc programs and
+//! `proxy reset` detaches them.
+
+mod common;
     Ok(())
 }

@@ -7,7 +7,9 @@
 //! - `bench api`: the apiserver on both stores;
 //! - `bench cni`: pod ADD+DEL through our CNI plugin against the reference plugins;
 //! - `bench dataplane`: Service programming time, ferrokube's maps against kube-proxy's
-//!   iptables layout (needs root).
+//!   iptables layout (needs root);
+//! - `bench tcpath`: traffic through the tc NodePort path against a direct connection and
+//!   iptables DNAT (needs root).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -66,6 +68,12 @@ enum Bench {
         /// Service counts, comma-separated.
         #[arg(long, default_value = "1,1000,10000,30000")]
         sizes: String,
+    },
+    /// Traffic through the tc NodePort path vs a direct connection and iptables DNAT.
+    Tcpath {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
     },
 }
 
@@ -459,6 +467,11 @@ fn bench(which: Bench) -> Result<()> {
         Bench::Dataplane { sizes } => {
             cargo_bench("ferrokube-proxy", "dataplane", &["--sizes".into(), sizes])
         }
+        Bench::Tcpath { seconds } => cargo_bench(
+            "ferrokube-proxy",
+            "tcpath",
+            &["--seconds".into(), seconds.to_string()],
+        ),
     }
 }
 
