@@ -2,10 +2,12 @@
 //!
 //! Today it runs the API server on its state store (`ferrokube server`), prints the admin
 //! kubeconfig (`ferrokube kubeconfig`) and administers the store directly
-//! (`ferrokube store ...`); the node agent and tools arrive as their issues land.
+//! (`ferrokube store ...`), runs the built-in CRI server (`ferrokube runtime`) and manages
+//! its images (`ferrokube images ...`); the node agent and tools arrive as their issues land.
 
 mod cni_cmd;
 mod proxy_cmd;
+mod runtime_cmd;
 mod server;
 mod store_cmd;
 
@@ -44,6 +46,11 @@ enum Command {
     Cni(cni_cmd::CniCommand),
     /// Run the node's eBPF Service proxy (kube-proxy replacement), or inspect it.
     Proxy(proxy_cmd::ProxyArgs),
+    /// Run the built-in CRI server (RuntimeService + ImageService) on a unix socket.
+    Runtime(runtime_cmd::RuntimeArgs),
+    /// Manage the built-in runtime's image store directly.
+    #[command(subcommand)]
+    Images(runtime_cmd::ImagesCommand),
 }
 
 /// Which store to use: the embedded one in `--data-dir`, or etcd with `--datastore`.
@@ -128,6 +135,8 @@ fn main() -> ExitCode {
             }
             Command::Cni(command) => cni_cmd::run(command),
             Command::Proxy(args) => proxy_cmd::run(args).await,
+            Command::Runtime(args) => runtime_cmd::run(args).await,
+            Command::Images(command) => runtime_cmd::images(command),
         }
     });
     match result {

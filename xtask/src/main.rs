@@ -94,12 +94,12 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     (
         "containerd",
-        "the CNI end-to-end test runs pod sandboxes through containerd's CRI plugin",
+        "the CNI end-to-end test and the CRI behaviour suite (tests/cri) run containerd's CRI plugin",
     ),
     ("runc", "containerd's runtime in the CNI end-to-end test"),
     (
         "busybox-static",
-        "the sandbox image of the CNI end-to-end test is built from static busybox",
+        "the test images of the CNI end-to-end test and the CRI suite are built from static busybox",
     ),
 ];
 

@@ -1,0 +1,17 @@
+//! ferrokube's built-in container runtime: a CRI v1 server (`RuntimeService` and
+//! `ImageService`) on a unix socket, for the kubelet or any CRI client.
+//!
+//! It owns:
+//! - [`reference`]: image references, normalised as upstream (`busybox` ->
+//!   `docker.io/library/busybox:latest`);
+//! - [`store`]: the content-addressed image store under `<root>/images` (verified blobs,
+//!   layers unpacked once and shared, OCI-layout and docker-archive imports);
+//! - [`service`]: the CRI services over the store, and [`server`]: serving them.
+//!
+//! The CRI v1 messages and the tonic 0.14 server traits come from the `k8s-cri` crate
+//! (generated from upstream's `api.proto`), so there is no `proto/` directory here.
+
+pub mod reference;
+pub mod server;
+pub mod service;
+pub mod store;

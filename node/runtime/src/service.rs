@@ -1,0 +1,447 @@
+//! The CRI v1 services: [`Images`] (ImageService over the [`ImageStore`]) and [`Runtime`]
+//! (RuntimeService: `Version` and `Status` in this slice; every pod and container call
+//! answers `Unimplemented` until sandboxes and containers land).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_server::ImageService;
+use k8s_cri::v1::runtime_service_server::RuntimeService;
+use tonic::{Request, Response, Status};
+
+use crate::store::{ImageRecord, ImageStore, StoreError};
+
+/// Errors of the service layer, before they become gRPC statuses.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The image store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A blocking task panicked or was cancelled.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Status {
+        match &e {
+            ServiceError::Store(StoreError::Reference(_))
+            | ServiceError::Store(StoreError::InvalidArchive(_)) => {
+                Status::invalid_argument(e.to_string())
+            }
+            ServiceError::Store(StoreError::InUse(_)) => Status::failed_precondition(e.to_string()),
+            _ => Status::internal(e.to_string()),
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ServiceError::Task(e.to_string()))?
+        .map_err(|e| ServiceError::Store(e).into())
+}
+
+fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The CRI view of an image record.
+pub fn cri_image(record: &ImageRecord) -> cri::Image {
+    let user = record.config.user.split(':').next().unwrap_or_default();
+    let (uid, username) = match user.parse::<i64>() {
+        Ok(uid) => (Some(cri::Int64Value { value: uid }), String::new()),
+        Err(_) => (None, user.to_string()),
+    };
+    cri::Image {
+        id: record.id.clone(),
+        repo_tags: record.repo_tags.clone(),
+        repo_digests: record.repo_digests.clone(),
+        size: record.size,
+        uid,
+        username,
+        spec: Some(cri::ImageSpec {
+            image: record.id.clone(),
+            ..Default::default()
+        }),
+        pinned: false,
+    }
+}
+
+fn spec_image(spec: Option<cri::ImageSpec>) -> Result<String, Status> {
+    match spec {
+        Some(spec) if !spec.image.is_empty() => Ok(spec.image),
+        _ => Err(Status::invalid_argument(
+            "image spec with an image is required",
+        )),
+    }
+}
+
+/// ImageService over an [`ImageStore`].
+#[derive(Debug, Clone)]
+pub struct Images {
+    store: ImageStore,
+}
+
+impl Images {
+    /// Serves `store`.
+    pub fn new(store: ImageStore) -> Images {
+        Images { store }
+    }
+}
+
+#[tonic::async_trait]
+impl ImageService for Images {
+    async fn list_images(
+        &self,
+        request: Request<cri::ListImagesRequest>,
+    ) -> Result<Response<cri::ListImagesResponse>, Status> {
+        let filter = request
+            .into_inner()
+            .filter
+            .and_then(|f| f.image)
+            .map(|s| s.image)
+            .filter(|s| !s.is_empty());
+        let store = self.store.clone();
+        let images = blocking(move || match filter {
+            Some(spec) => Ok(store.find(&spec)?.into_iter().collect()),
+            None => store.list(),
+        })
+        .await?;
+        Ok(Response::new(cri::ListImagesResponse {
+            images: images.iter().map(cri_image).collect(),
+        }))
+    }
+
+    async fn image_status(
+        &self,
+        request: Request<cri::ImageStatusRequest>,
+    ) -> Result<Response<cri::ImageStatusResponse>, Status> {
+        let request = request.into_inner();
+        let spec = spec_image(request.image)?;
+        let store = self.store.clone();
+        let image = blocking(move || store.find(&spec)).await?;
+        let mut info = std::collections::HashMap::new();
+        if request.verbose
+            && let Some(image) = &image
+        {
+            let json = serde_json::json!({
+                "manifestDigest": image.manifest_digest,
+                "layers": image.layers,
+                "config": image.config,
+            });
+            info.insert("info".to_string(), json.to_string());
+        }
+        Ok(Response::new(cri::ImageStatusResponse {
+            image: image.as_ref().map(cri_image),
+            info,
+        }))
+    }
+
+    async fn pull_image(
+        &self,
+        request: Request<cri::PullImageRequest>,
+    ) -> Result<Response<cri::PullImageResponse>, Status> {
+        let image = request
+            .into_inner()
+            .image
+            .map(|s| s.image)
+            .unwrap_or_default();
+        Err(Status::unimplemented(format!(
+            "PullImage {image:?}: registry pulls are not implemented yet; \
+             import the image with `ferrokube images import --root DIR FILE`"
+        )))
+    }
+
+    async fn remove_image(
+        &self,
+        request: Request<cri::RemoveImageRequest>,
+    ) -> Result<Response<cri::RemoveImageResponse>, Status> {
+        let spec = spec_image(request.into_inner().image)?;
+        let store = self.store.clone();
+        // No containers exist yet in this slice, so nothing pins an image.
+        blocking(move || store.remove(&spec, &BTreeSet::new())).await?;
+        Ok(Response::new(cri::RemoveImageResponse {}))
+    }
+
+    async fn image_fs_info(
+        &self,
+        _request: Request<cri::ImageFsInfoRequest>,
+    ) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
+        let store = self.store.clone();
+        let (bytes, inodes) = blocking(move || store.usage()).await?;
+        Ok(Response::new(cri::ImageFsInfoResponse {
+            image_filesystems: vec![cri::FilesystemUsage {
+                timestamp: now_nanos(),
+                fs_id: Some(cri::FilesystemIdentifier {
+                    mountpoint: self.store.dir().display().to_string(),
+                }),
+                used_bytes: Some(cri::UInt64Value { value: bytes }),
+                inodes_used: Some(cri::UInt64Value { value: inodes }),
+            }],
+            container_filesystems: Vec::new(),
+        }))
+    }
+}
+
+/// RuntimeService: runtime identity and readiness.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    cni_conf_dir: Option<PathBuf>,
+}
+
+impl Runtime {
+    /// A runtime whose network readiness is judged by a conflist in `cni_conf_dir`.
+    pub fn new(cni_conf_dir: Option<PathBuf>) -> Runtime {
+        Runtime { cni_conf_dir }
+    }
+
+    fn network_ready(&self) -> (bool, String) {
+        let Some(dir) = &self.cni_conf_dir else {
+            return (false, "no --cni-conf-dir configured".into());
+        };
+        let has_conf = std::fs::read_dir(dir)
+            .map(|entries| {
+                entries.flatten().any(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.ends_with(".conflist") || name.ends_with(".conf")
+                })
+            })
+            .unwrap_or(false);
+        if has_conf {
+            (true, String::new())
+        } else {
+            (
+                false,
+                format!("no network config found in {}", dir.display()),
+            )
+        }
+    }
+}
+
+fn unimplemented<T>(method: &str) -> Result<Response<T>, Status> {
+    Err(Status::unimplemented(format!(
+        "{method} is not implemented by ferrokube's runtime yet"
+    )))
+}
+
+type EventStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RuntimeService for Runtime {
+    async fn version(
+        &self,
+        _request: Request<cri::VersionRequest>,
+    ) -> Result<Response<cri::VersionResponse>, Status> {
+        Ok(Response::new(cri::VersionResponse {
+            version: "0.1.0".into(),
+            runtime_name: "ferrokube".into(),
+            runtime_version: env!("CARGO_PKG_VERSION").into(),
+            runtime_api_version: "v1".into(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<cri::StatusRequest>,
+    ) -> Result<Response<cri::StatusResponse>, Status> {
+        let (network, why) = self.network_ready();
+        Ok(Response::new(cri::StatusResponse {
+            status: Some(cri::RuntimeStatus {
+                conditions: vec![
+                    cri::RuntimeCondition {
+                        r#type: "RuntimeReady".into(),
+                        status: true,
+                        ..Default::default()
+                    },
+                    cri::RuntimeCondition {
+                        r#type: "NetworkReady".into(),
+                        status: network,
+                        reason: if network {
+                            String::new()
+                        } else {
+                            "NetworkPluginNotReady".into()
+                        },
+                        message: why,
+                    },
+                ],
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        _r: Request<cri::RunPodSandboxRequest>,
+    ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+        unimplemented("RunPodSandbox")
+    }
+    async fn stop_pod_sandbox(
+        &self,
+        _r: Request<cri::StopPodSandboxRequest>,
+    ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+        unimplemented("StopPodSandbox")
+    }
+    async fn remove_pod_sandbox(
+        &self,
+        _r: Request<cri::RemovePodSandboxRequest>,
+    ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+        unimplemented("RemovePodSandbox")
+    }
+    async fn pod_sandbox_status(
+        &self,
+        _r: Request<cri::PodSandboxStatusRequest>,
+    ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+        unimplemented("PodSandboxStatus")
+    }
+    async fn list_pod_sandbox(
+        &self,
+        _r: Request<cri::ListPodSandboxRequest>,
+    ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        unimplemented("ListPodSandbox")
+    }
+    async fn create_container(
+        &self,
+        _r: Request<cri::CreateContainerRequest>,
+    ) -> Result<Response<cri::CreateContainerResponse>, Status> {
+        unimplemented("CreateContainer")
+    }
+    async fn start_container(
+        &self,
+        _r: Request<cri::StartContainerRequest>,
+    ) -> Result<Response<cri::StartContainerResponse>, Status> {
+        unimplemented("StartContainer")
+    }
+    async fn stop_container(
+        &self,
+        _r: Request<cri::StopContainerRequest>,
+    ) -> Result<Response<cri::StopContainerResponse>, Status> {
+        unimplemented("StopContainer")
+    }
+    async fn remove_container(
+        &self,
+        _r: Request<cri::RemoveContainerRequest>,
+    ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+        unimplemented("RemoveContainer")
+    }
+    async fn list_containers(
+        &self,
+        _r: Request<cri::ListContainersRequest>,
+    ) -> Result<Response<cri::ListContainersResponse>, Status> {
+        unimplemented("ListContainers")
+    }
+    async fn container_status(
+        &self,
+        _r: Request<cri::ContainerStatusRequest>,
+    ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+        unimplemented("ContainerStatus")
+    }
+    async fn update_container_resources(
+        &self,
+        _r: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+        unimplemented("UpdateContainerResources")
+    }
+    async fn reopen_container_log(
+        &self,
+        _r: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        unimplemented("ReopenContainerLog")
+    }
+    async fn exec_sync(
+        &self,
+        _r: Request<cri::ExecSyncRequest>,
+    ) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        unimplemented("ExecSync")
+    }
+    async fn exec(
+        &self,
+        _r: Request<cri::ExecRequest>,
+    ) -> Result<Response<cri::ExecResponse>, Status> {
+        unimplemented("Exec")
+    }
+    async fn attach(
+        &self,
+        _r: Request<cri::AttachRequest>,
+    ) -> Result<Response<cri::AttachResponse>, Status> {
+        unimplemented("Attach")
+    }
+    async fn port_forward(
+        &self,
+        _r: Request<cri::PortForwardRequest>,
+    ) -> Result<Response<cri::PortForwardResponse>, Status> {
+        unimplemented("PortForward")
+    }
+    async fn container_stats(
+        &self,
+        _r: Request<cri::ContainerStatsRequest>,
+    ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+        unimplemented("ContainerStats")
+    }
+    async fn list_container_stats(
+        &self,
+        _r: Request<cri::ListContainerStatsRequest>,
+    ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+        unimplemented("ListContainerStats")
+    }
+    async fn pod_sandbox_stats(
+        &self,
+        _r: Request<cri::PodSandboxStatsRequest>,
+    ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
+        unimplemented("PodSandboxStats")
+    }
+    async fn list_pod_sandbox_stats(
+        &self,
+        _r: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
+        unimplemented("ListPodSandboxStats")
+    }
+    async fn update_runtime_config(
+        &self,
+        _r: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
+        // The kubelet sends the pod CIDR here; the CNI conflist already carries it.
+        Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
+    }
+    async fn checkpoint_container(
+        &self,
+        _r: Request<cri::CheckpointContainerRequest>,
+    ) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
+        unimplemented("CheckpointContainer")
+    }
+    type GetContainerEventsStream = EventStream;
+    async fn get_container_events(
+        &self,
+        _r: Request<cri::GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        unimplemented("GetContainerEvents")
+    }
+    async fn list_metric_descriptors(
+        &self,
+        _r: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
+        Ok(Response::new(cri::ListMetricDescriptorsResponse::default()))
+    }
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _r: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
+        Ok(Response::new(cri::ListPodSandboxMetricsResponse::default()))
+    }
+    async fn runtime_config(
+        &self,
+        _r: Request<cri::RuntimeConfigRequest>,
+    ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
+        Ok(Response::new(cri::RuntimeConfigResponse::default()))
+    }
+}

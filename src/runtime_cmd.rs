@@ -1,0 +1,98 @@
+//! `ferrokube runtime` (the built-in CRI server) and `ferrokube images ...` (its image
+//! store, used directly).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use ferrokube_runtime::server::{Options, serve};
+use ferrokube_runtime::store::ImageStore;
+
+const DEFAULT_ROOT: &str = "/var/lib/ferrokube/runtime";
+
+#[derive(Debug, Clone, Args)]
+pub struct RuntimeArgs {
+    /// Unix socket to serve CRI v1 on.
+    #[arg(long, default_value = "/run/ferrokube/cri.sock")]
+    pub socket: PathBuf,
+    /// State root: images, sandboxes, containers.
+    #[arg(long, default_value = DEFAULT_ROOT)]
+    pub root: PathBuf,
+    /// OCI runtime binary that runs containers.
+    #[arg(long, default_value = "runc")]
+    pub oci_runtime: PathBuf,
+    /// CNI configuration directory (the first conflist by name is used).
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+    /// CNI plugin binary directory.
+    #[arg(long, default_value = "/opt/cni/bin")]
+    pub cni_bin_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// Import the images of an OCI-layout or docker-archive tarball (gzip allowed).
+    Import {
+        /// The runtime's state root.
+        #[arg(long, default_value = DEFAULT_ROOT)]
+        root: PathBuf,
+        /// The tarball.
+        file: PathBuf,
+    },
+    /// List the stored images: ID, size, names.
+    List {
+        /// The runtime's state root.
+        #[arg(long, default_value = DEFAULT_ROOT)]
+        root: PathBuf,
+    },
+}
+
+pub async fn run(args: RuntimeArgs) -> Result<()> {
+    let options = Options {
+        socket: args.socket,
+        root: args.root,
+        cni_conf_dir: Some(args.cni_conf_dir),
+    };
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::error!("cannot watch SIGTERM: {e}");
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+    };
+    serve(&options, shutdown).await?;
+    Ok(())
+}
+
+pub fn images(command: ImagesCommand) -> Result<()> {
+    match command {
+        ImagesCommand::Import { root, file } => {
+            let store = ImageStore::open(&root)?;
+            for image in store.import(&file)? {
+                let names = if image.repo_tags.is_empty() {
+                    "<none>".to_string()
+                } else {
+                    image.repo_tags.join(" ")
+                };
+                println!("imported {} {names}", image.id);
+            }
+            Ok(())
+        }
+        ImagesCommand::List { root } => {
+            let store = ImageStore::open(&root)?;
+            for image in store.list()? {
+                println!("{} {} {}", image.id, image.size, image.repo_tags.join(" "));
+            }
+            Ok(())
+        }
+    }
+}
