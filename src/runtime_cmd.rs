@@ -27,6 +27,9 @@ pub struct RuntimeArgs {
     /// CNI plugin binary directory.
     #[arg(long, default_value = "/opt/cni/bin")]
     pub cni_bin_dir: PathBuf,
+    /// Cgroup (in each cgroup v1 hierarchy) holding pods whose config names no parent.
+    #[arg(long, default_value = "ferrokube")]
+    pub cgroup_root: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,7 +54,9 @@ pub async fn run(args: RuntimeArgs) -> Result<()> {
     let options = Options {
         socket: args.socket,
         root: args.root,
-        cni_conf_dir: Some(args.cni_conf_dir),
+        cni_conf_dir: args.cni_conf_dir,
+        cni_bin_dir: args.cni_bin_dir,
+        cgroup_root: args.cgroup_root,
     };
     let shutdown = async {
         let mut term =

@@ -1,9 +1,16 @@
 //! The cases: each takes a started [`Lab`] and speaks CRI to it.
 
-use anyhow::{Result, ensure};
-use k8s_cri::v1 as cri;
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use crate::harness::{IMAGE, Lab, build_image};
+use anyhow::{Context, Result, bail, ensure};
+use k8s_cri::v1 as cri;
+use serde_json::Value;
+
+use crate::harness::{IMAGE, Lab, POD_CIDR, build_image};
 
 fn spec(image: &str) -> Option<cri::ImageSpec> {
     Some(cri::ImageSpec {
@@ -153,5 +160,308 @@ pub async fn image_fs_info(lab: &mut Lab) -> Result<()> {
     );
     // containerd samples usage every 10 s (0 until then): only presence is CRI.
     ensure!(fs.used_bytes.is_some(), "{fs:?}");
+    Ok(())
+}
+
+fn pod_config(lab: &Lab, name: &str) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}-{}", std::process::id()),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: lab.dir.path().join("logs").join(name).display().to_string(),
+        labels: HashMap::from([("app".to_string(), name.to_string())]),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: format!("{}/pod-{name}", lab.cgroup_parent()),
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: cri::NamespaceMode::Pod as i32,
+                    pid: cri::NamespaceMode::Container as i32,
+                    ipc: cri::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn run_pod(lab: &mut Lab, name: &str) -> Result<String> {
+    let config = pod_config(lab, name);
+    Ok(lab
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id)
+}
+
+async fn pod_status(lab: &mut Lab, id: &str) -> Result<cri::PodSandboxStatusResponse> {
+    Ok(lab
+        .runtime
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: true,
+        })
+        .await?
+        .into_inner())
+}
+
+async fn remove_pod(lab: &mut Lab, id: &str) -> Result<()> {
+    lab.runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await?;
+    lab.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await?;
+    Ok(())
+}
+
+async fn list_pods(lab: &mut Lab, filter: cri::PodSandboxFilter) -> Result<Vec<String>> {
+    Ok(lab
+        .runtime
+        .list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(filter),
+        })
+        .await?
+        .into_inner()
+        .items
+        .into_iter()
+        .map(|p| p.id)
+        .collect())
+}
+
+fn pod_ip(status: &cri::PodSandboxStatusResponse) -> Result<Ipv4Addr> {
+    let ip = status
+        .status
+        .as_ref()
+        .and_then(|s| s.network.as_ref())
+        .map(|n| n.ip.clone())
+        .context("no sandbox network status")?;
+    let ip: Ipv4Addr = ip.parse().with_context(|| format!("sandbox IP {ip:?}"))?;
+    let cidr: ferrokube_cni::Ipv4Cidr = POD_CIDR.parse()?;
+    ensure!(cidr.contains(ip), "{ip} outside {POD_CIDR}");
+    Ok(ip)
+}
+
+/// The network namespace path from the verbose info (containerd's shape, which ours
+/// follows).
+fn netns_path(status: &cri::PodSandboxStatusResponse) -> Result<PathBuf> {
+    let info: Value = serde_json::from_str(status.info.get("info").context("no verbose info")?)?;
+    info["runtimeSpec"]["linux"]["namespaces"]
+        .as_array()
+        .context("no namespaces in the verbose info")?
+        .iter()
+        .find(|n| n["type"] == "network")
+        .and_then(|n| n["path"].as_str())
+        .map(PathBuf::from)
+        .context("no network namespace path")
+}
+
+fn allocated(dir: &Path) -> HashSet<Ipv4Addr> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn in_netns<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        ferrokube_testkit::netns::enter_current_thread(&path)?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
+}
+
+fn is_code(result: Result<impl std::fmt::Debug, tonic::Status>, code: tonic::Code) -> Result<()> {
+    match result {
+        Err(status) if status.code() == code => Ok(()),
+        other => bail!("expected {code:?}, got {other:?}"),
+    }
+}
+
+pub async fn sandbox_lifecycle(lab: &mut Lab) -> Result<()> {
+    let id = run_pod(lab, "life").await?;
+    let status = pod_status(lab, &id).await?;
+    let s = status.status.clone().context("no status")?;
+    ensure!(s.id == id, "{s:?}");
+    ensure!(
+        s.state == cri::PodSandboxState::SandboxReady as i32,
+        "{s:?}"
+    );
+    ensure!(
+        s.metadata.as_ref().map(|m| m.name.as_str()) == Some("life"),
+        "{s:?}"
+    );
+    ensure!(s.created_at > 0, "{s:?}");
+    ensure!(s.labels.get("app").map(String::as_str) == Some("life"));
+    let ip = pod_ip(&status)?;
+    ensure!(allocated(&lab.ipam_dir()).contains(&ip), "{ip} not in IPAM");
+    ensure!(netns_path(&status)?.exists());
+    // Filters.
+    ensure!(list_pods(lab, Default::default()).await? == vec![id.clone()]);
+    let by_label = cri::PodSandboxFilter {
+        label_selector: HashMap::from([("app".to_string(), "life".to_string())]),
+        ..Default::default()
+    };
+    ensure!(list_pods(lab, by_label).await? == vec![id.clone()]);
+    let other_label = cri::PodSandboxFilter {
+        label_selector: HashMap::from([("app".to_string(), "other".to_string())]),
+        ..Default::default()
+    };
+    ensure!(list_pods(lab, other_label).await?.is_empty());
+    let not_ready = cri::PodSandboxFilter {
+        state: Some(cri::PodSandboxStateValue {
+            state: cri::PodSandboxState::SandboxNotready as i32,
+        }),
+        ..Default::default()
+    };
+    ensure!(list_pods(lab, not_ready.clone()).await?.is_empty());
+    // Stop (twice: idempotent), then the sandbox is NotReady and its address released.
+    for _ in 0..2 {
+        lab.runtime
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await?;
+    }
+    let s = pod_status(lab, &id).await?.status.context("no status")?;
+    ensure!(
+        s.state == cri::PodSandboxState::SandboxNotready as i32,
+        "{s:?}"
+    );
+    ensure!(list_pods(lab, not_ready).await? == vec![id.clone()]);
+    ensure!(
+        allocated(&lab.ipam_dir()).is_empty(),
+        "stop left allocations"
+    );
+    for _ in 0..2 {
+        lab.runtime
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await?;
+    }
+    is_code(
+        lab.runtime
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.clone(),
+                verbose: false,
+            })
+            .await,
+        tonic::Code::NotFound,
+    )?;
+    ensure!(list_pods(lab, Default::default()).await?.is_empty());
+    let links = lab.node.ip(&["-o", "link", "show"])?;
+    ensure!(!links.contains(" fk"), "host veths left: {links}");
+    Ok(())
+}
+
+pub async fn sandboxes_reach_each_other_over_tcp(lab: &mut Lab) -> Result<()> {
+    let mut pods = Vec::new();
+    for name in ["p1", "p2"] {
+        let id = run_pod(lab, name).await?;
+        let status = pod_status(lab, &id).await?;
+        pods.push((id, pod_ip(&status)?, netns_path(&status)?));
+    }
+    let (ip1, ip2) = (pods[0].1, pods[1].1);
+    ensure!(ip1 != ip2, "both sandboxes got {ip1}");
+    let listener = in_netns(&pods[0].2, move || Ok(TcpListener::bind((ip1, 0))?))?;
+    let port = listener.local_addr()?.port();
+    let reply = in_netns(&pods[1].2, move || {
+        let mut stream = TcpStream::connect_timeout(&(ip1, port).into(), Duration::from_secs(5))?;
+        let (mut conn, peer) = listener.accept()?;
+        ensure!(peer.ip() == ip2, "connection from {peer}, expected {ip2}");
+        conn.write_all(b"hello from p1")?;
+        drop(conn);
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply)?;
+        Ok(reply)
+    })?;
+    ensure!(reply == "hello from p1", "{reply:?}");
+    for (id, _, _) in &pods {
+        remove_pod(lab, id).await?;
+    }
+    ensure!(allocated(&lab.ipam_dir()).is_empty(), "allocations left");
+    Ok(())
+}
+
+pub async fn sandbox_unknown_ids(lab: &mut Lab) -> Result<()> {
+    let unknown = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    is_code(
+        lab.runtime
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: unknown.into(),
+                verbose: false,
+            })
+            .await,
+        tonic::Code::NotFound,
+    )?;
+    is_code(
+        lab.runtime
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: unknown.into(),
+            })
+            .await,
+        tonic::Code::NotFound,
+    )?;
+    // RemovePodSandbox is idempotent: an unknown ID is success.
+    lab.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: unknown.into(),
+        })
+        .await?;
+    Ok(())
+}
+
+pub async fn sandbox_duplicate_name_is_refused(lab: &mut Lab) -> Result<()> {
+    let id = run_pod(lab, "dup").await?;
+    let second = run_pod(lab, "dup").await;
+    ensure!(
+        second.is_err(),
+        "second sandbox with the same name: {second:?}"
+    );
+    ensure!(list_pods(lab, Default::default()).await? == vec![id.clone()]);
+    ensure!(
+        allocated(&lab.ipam_dir()).len() == 1,
+        "the refused run allocated"
+    );
+    remove_pod(lab, &id).await?;
+    Ok(())
+}
+
+pub async fn sandbox_without_metadata_is_refused(lab: &mut Lab) -> Result<()> {
+    let mut config = pod_config(lab, "nometa");
+    config.metadata = None;
+    let result = lab
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await;
+    ensure!(result.is_err(), "{result:?}");
+    ensure!(list_pods(lab, Default::default()).await?.is_empty());
+    ensure!(allocated(&lab.ipam_dir()).is_empty());
     Ok(())
 }

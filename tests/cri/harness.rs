@@ -161,7 +161,6 @@ pub struct Lab {
     pub kind: Kind,
     pub dir: tempfile::TempDir,
     /// The lab node namespace the runtime runs in (dropped last).
-    #[allow(dead_code)]
     pub node: Netns,
     child: Child,
     pub runtime: RuntimeServiceClient<Channel>,
@@ -199,6 +198,8 @@ impl Lab {
                     .arg(&conf_dir)
                     .arg("--cni-bin-dir")
                     .arg(&bin_dir)
+                    .arg("--cgroup-root")
+                    .arg(cgroup_name(d))
                     .env("FERROKUBE_LOG", "debug");
                 command
             }
@@ -311,6 +312,50 @@ state = "{d}/state"
     pub fn log_tail(&self) -> String {
         tail(self.dir.path())
     }
+
+    /// The cgroup parent the cases give their pods: unique to this lab, removed on drop.
+    pub fn cgroup_parent(&self) -> String {
+        format!("/{}", cgroup_name(self.dir.path()))
+    }
+
+    /// The IPAM directory of the lab's CNI plugin.
+    pub fn ipam_dir(&self) -> PathBuf {
+        self.dir.path().join("ipam")
+    }
+}
+
+fn cgroup_name(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "fk-cri".into())
+}
+
+/// Removes `/<name>` and everything below it from every cgroup v1 hierarchy.
+fn remove_cgroups(name: &str) {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in mounts.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if right.split_whitespace().next() != Some("cgroup") {
+            continue;
+        }
+        let Some(mount) = left.split_whitespace().nth(4) else {
+            continue;
+        };
+        remove_tree(&Path::new(mount).join(name));
+    }
+}
+
+fn remove_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 fn tail(dir: &Path) -> String {
@@ -396,6 +441,7 @@ fn cleanup(dir: &Path, child: &mut Child, ctr: Option<Command>) {
     for mount in ours {
         let _ = Command::new("umount").arg("-l").arg(mount).output();
     }
+    remove_cgroups(&cgroup_name(dir));
 }
 
 fn our_pids(dir: &Path) -> Vec<i32> {

@@ -60,4 +60,9 @@ cases!(
     image_status_of_missing_image_is_empty,
     image_remove_is_idempotent,
     image_fs_info,
+    sandbox_lifecycle,
+    sandboxes_reach_each_other_over_tcp,
+    sandbox_unknown_ids,
+    sandbox_duplicate_name_is_refused,
+    sandbox_without_metadata_is_refused,
 );

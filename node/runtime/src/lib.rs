@@ -6,12 +6,19 @@
 //!   `docker.io/library/busybox:latest`);
 //! - [`store`]: the content-addressed image store under `<root>/images` (verified blobs,
 //!   layers unpacked once and shared, OCI-layout and docker-archive imports);
-//! - [`service`]: the CRI services over the store, and [`server`]: serving them.
+//! - [`sandbox`]: pod sandboxes (no pause process: namespaces pinned by bind mounts, see
+//!   there why), networked by [`cni`] (plugins executed per the CNI spec), with the
+//!   privileged steps behind [`host::Host`];
+//! - [`service`]: the CRI services over the store and sandboxes, and [`server`]: serving
+//!   them.
 //!
 //! The CRI v1 messages and the tonic 0.14 server traits come from the `k8s-cri` crate
 //! (generated from upstream's `api.proto`), so there is no `proto/` directory here.
 
+pub mod cni;
+pub mod host;
 pub mod reference;
+pub mod sandbox;
 pub mod server;
 pub mod service;
 pub mod store;

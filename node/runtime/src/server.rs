@@ -2,11 +2,15 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::cni::CniExec;
+use crate::host::LinuxHost;
+use crate::sandbox::{SandboxError, Sandboxes};
 use crate::service::{Images, Runtime};
 use crate::store::{ImageStore, StoreError};
 
@@ -19,6 +23,9 @@ pub enum ServerError {
     /// The image store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The sandbox state could not be loaded.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
     /// gRPC serving failed.
     #[error("serving CRI: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -31,8 +38,12 @@ pub struct Options {
     pub socket: PathBuf,
     /// State root (images, sandboxes, containers).
     pub root: PathBuf,
-    /// CNI configuration directory (network readiness).
-    pub cni_conf_dir: Option<PathBuf>,
+    /// CNI configuration directory.
+    pub cni_conf_dir: PathBuf,
+    /// CNI plugin directory.
+    pub cni_bin_dir: PathBuf,
+    /// Cgroup (under each v1 hierarchy) for pods whose config names no cgroup parent.
+    pub cgroup_root: String,
 }
 
 /// Serves CRI on `options.socket` until `shutdown` completes; removes the socket after.
@@ -41,12 +52,20 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let store = ImageStore::open(&options.root)?;
+    let network = CniExec {
+        conf_dir: options.cni_conf_dir.clone(),
+        bin_dir: options.cni_bin_dir.clone(),
+    };
+    let sandboxes = Sandboxes::open(
+        &options.root,
+        &options.cgroup_root,
+        Arc::new(LinuxHost),
+        Arc::new(network),
+    )?;
     let listener = bind(&options.socket)?;
     tracing::info!(socket = %options.socket.display(), root = %options.root.display(), "serving CRI");
     let result = tonic::transport::Server::builder()
-        .add_service(RuntimeServiceServer::new(Runtime::new(
-            options.cni_conf_dir.clone(),
-        )))
+        .add_service(RuntimeServiceServer::new(Runtime::new(Arc::new(sandboxes))))
         .add_service(ImageServiceServer::new(Images::new(store)))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;

@@ -1,10 +1,11 @@
 //! The CRI v1 services: [`Images`] (ImageService over the [`ImageStore`]) and [`Runtime`]
-//! (RuntimeService: `Version` and `Status` in this slice; every pod and container call
-//! answers `Unimplemented` until sandboxes and containers land).
+//! (RuntimeService: `Version`, `Status` and the pod sandbox calls over [`Sandboxes`];
+//! container calls answer `Unimplemented` until containers land).
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use k8s_cri::v1 as cri;
@@ -12,6 +13,7 @@ use k8s_cri::v1::image_service_server::ImageService;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
+use crate::sandbox::{Metadata, Sandbox, SandboxError, Sandboxes, Spec, State};
 use crate::store::{ImageRecord, ImageStore, StoreError};
 
 /// Errors of the service layer, before they become gRPC statuses.
@@ -20,6 +22,9 @@ pub enum ServiceError {
     /// The image store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A sandbox operation failed.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
     /// A blocking task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -33,6 +38,13 @@ impl From<ServiceError> for Status {
                 Status::invalid_argument(e.to_string())
             }
             ServiceError::Store(StoreError::InUse(_)) => Status::failed_precondition(e.to_string()),
+            ServiceError::Sandbox(SandboxError::NotFound(_)) => Status::not_found(e.to_string()),
+            ServiceError::Sandbox(SandboxError::Invalid(_)) => {
+                Status::invalid_argument(e.to_string())
+            }
+            ServiceError::Sandbox(SandboxError::NameReserved(..)) => {
+                Status::already_exists(e.to_string())
+            }
             _ => Status::internal(e.to_string()),
         }
     }
@@ -47,11 +59,133 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ServiceError::Store(e).into())
 }
 
+async fn blocking_sandbox<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SandboxError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ServiceError::Task(e.to_string()))?
+        .map_err(|e| ServiceError::Sandbox(e).into())
+}
+
 fn now_nanos() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+const NAMESPACE_MODE_POD: i32 = 0;
+const NAMESPACE_MODE_NODE: i32 = 2;
+
+/// Decodes RunPodSandbox's config.
+fn sandbox_spec(config: Option<cri::PodSandboxConfig>, handler: String) -> Result<Spec, Status> {
+    let config = config.ok_or_else(|| Status::invalid_argument("config is required"))?;
+    let metadata = config
+        .metadata
+        .ok_or_else(|| Status::invalid_argument("config.metadata is required"))?;
+    let linux = config.linux.unwrap_or_default();
+    let namespaces = linux
+        .security_context
+        .and_then(|s| s.namespace_options)
+        .unwrap_or(cri::NamespaceOption {
+            network: NAMESPACE_MODE_POD,
+            pid: 1,
+            ipc: NAMESPACE_MODE_POD,
+            ..Default::default()
+        });
+    if namespaces.pid == NAMESPACE_MODE_POD {
+        return Err(Status::unimplemented(
+            "a pod-wide PID namespace (shareProcessNamespace) needs an infra process, \
+             which this runtime does not keep",
+        ));
+    }
+    if namespaces.ipc == NAMESPACE_MODE_NODE {
+        return Err(Status::unimplemented("host IPC namespace is not supported"));
+    }
+    Ok(Spec {
+        metadata: Metadata {
+            name: metadata.name,
+            uid: metadata.uid,
+            namespace: metadata.namespace,
+            attempt: metadata.attempt,
+        },
+        hostname: config.hostname,
+        log_directory: config.log_directory,
+        labels: config.labels,
+        annotations: config.annotations,
+        cgroup_parent: linux.cgroup_parent,
+        host_network: namespaces.network == NAMESPACE_MODE_NODE,
+        dns: config
+            .dns_config
+            .map(|d| (d.servers, d.searches, d.options)),
+        runtime_handler: handler,
+    })
+}
+
+fn cri_metadata(m: &Metadata) -> cri::PodSandboxMetadata {
+    cri::PodSandboxMetadata {
+        name: m.name.clone(),
+        uid: m.uid.clone(),
+        namespace: m.namespace.clone(),
+        attempt: m.attempt,
+    }
+}
+
+fn cri_state(state: State) -> i32 {
+    match state {
+        State::Ready => cri::PodSandboxState::SandboxReady as i32,
+        State::NotReady => cri::PodSandboxState::SandboxNotready as i32,
+    }
+}
+
+fn sandbox_status(s: &Sandbox) -> cri::PodSandboxStatus {
+    let mut ips = s.ips.iter();
+    cri::PodSandboxStatus {
+        id: s.id.clone(),
+        metadata: Some(cri_metadata(&s.metadata)),
+        state: cri_state(s.state),
+        created_at: s.created_at,
+        network: Some(cri::PodSandboxNetworkStatus {
+            ip: ips.next().cloned().unwrap_or_default(),
+            additional_ips: ips.map(|ip| cri::PodIp { ip: ip.clone() }).collect(),
+        }),
+        linux: Some(cri::LinuxPodSandboxStatus {
+            namespaces: Some(cri::Namespace {
+                options: Some(cri::NamespaceOption {
+                    network: if s.host_network {
+                        NAMESPACE_MODE_NODE
+                    } else {
+                        NAMESPACE_MODE_POD
+                    },
+                    pid: 1,
+                    ipc: NAMESPACE_MODE_POD,
+                    ..Default::default()
+                }),
+            }),
+        }),
+        labels: s.labels.clone(),
+        annotations: s.annotations.clone(),
+        runtime_handler: s.runtime_handler.clone(),
+    }
+}
+
+/// Verbose info, shaped like containerd's (`runtimeSpec.linux.namespaces` with paths) so
+/// tools that look for the netns path there find it.
+fn sandbox_info(s: &Sandbox) -> HashMap<String, String> {
+    let namespaces: Vec<serde_json::Value> = [("network", "net"), ("ipc", "ipc"), ("uts", "uts")]
+        .into_iter()
+        .filter_map(|(kind, file)| {
+            let path = s.namespace_path(file)?;
+            Some(serde_json::json!({"type": kind, "path": path}))
+        })
+        .collect();
+    let info = serde_json::json!({
+        "runtimeSpec": {"hostname": s.hostname, "linux": {"namespaces": namespaces, "cgroupsPath": s.cgroup}},
+        "cniResult": s.cni_result,
+        "pid": 0,
+    });
+    HashMap::from([("info".to_string(), info.to_string())])
 }
 
 /// The CRI view of an image record.
@@ -192,38 +326,22 @@ impl ImageService for Images {
     }
 }
 
-/// RuntimeService: runtime identity and readiness.
+/// RuntimeService: runtime identity and readiness, pod sandboxes.
 #[derive(Debug, Clone)]
 pub struct Runtime {
-    cni_conf_dir: Option<PathBuf>,
+    sandboxes: Arc<Sandboxes>,
 }
 
 impl Runtime {
-    /// A runtime whose network readiness is judged by a conflist in `cni_conf_dir`.
-    pub fn new(cni_conf_dir: Option<PathBuf>) -> Runtime {
-        Runtime { cni_conf_dir }
+    /// Serves `sandboxes`.
+    pub fn new(sandboxes: Arc<Sandboxes>) -> Runtime {
+        Runtime { sandboxes }
     }
 
     fn network_ready(&self) -> (bool, String) {
-        let Some(dir) = &self.cni_conf_dir else {
-            return (false, "no --cni-conf-dir configured".into());
-        };
-        let has_conf = std::fs::read_dir(dir)
-            .map(|entries| {
-                entries.flatten().any(|e| {
-                    let name = e.file_name();
-                    let name = name.to_string_lossy();
-                    name.ends_with(".conflist") || name.ends_with(".conf")
-                })
-            })
-            .unwrap_or(false);
-        if has_conf {
-            (true, String::new())
-        } else {
-            (
-                false,
-                format!("no network config found in {}", dir.display()),
-            )
+        match self.sandboxes.network_ready() {
+            Ok(()) => (true, String::new()),
+            Err(e) => (false, e.to_string()),
         }
     }
 }
@@ -282,33 +400,87 @@ impl RuntimeService for Runtime {
 
     async fn run_pod_sandbox(
         &self,
-        _r: Request<cri::RunPodSandboxRequest>,
+        request: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-        unimplemented("RunPodSandbox")
+        let request = request.into_inner();
+        let spec = sandbox_spec(request.config, request.runtime_handler)?;
+        let sandboxes = self.sandboxes.clone();
+        let sandbox = blocking_sandbox(move || sandboxes.run(spec)).await?;
+        Ok(Response::new(cri::RunPodSandboxResponse {
+            pod_sandbox_id: sandbox.id,
+        }))
     }
     async fn stop_pod_sandbox(
         &self,
-        _r: Request<cri::StopPodSandboxRequest>,
+        request: Request<cri::StopPodSandboxRequest>,
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-        unimplemented("StopPodSandbox")
+        let id = request.into_inner().pod_sandbox_id;
+        let sandboxes = self.sandboxes.clone();
+        blocking_sandbox(move || sandboxes.stop(&id)).await?;
+        Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
     async fn remove_pod_sandbox(
         &self,
-        _r: Request<cri::RemovePodSandboxRequest>,
+        request: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-        unimplemented("RemovePodSandbox")
+        let id = request.into_inner().pod_sandbox_id;
+        let sandboxes = self.sandboxes.clone();
+        blocking_sandbox(move || sandboxes.remove(&id)).await?;
+        Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
     async fn pod_sandbox_status(
         &self,
-        _r: Request<cri::PodSandboxStatusRequest>,
+        request: Request<cri::PodSandboxStatusRequest>,
     ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
-        unimplemented("PodSandboxStatus")
+        let request = request.into_inner();
+        let sandbox = self
+            .sandboxes
+            .get(&request.pod_sandbox_id)
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(cri::PodSandboxStatusResponse {
+            status: Some(sandbox_status(&sandbox)),
+            info: if request.verbose {
+                sandbox_info(&sandbox)
+            } else {
+                HashMap::new()
+            },
+            containers_statuses: Vec::new(),
+            timestamp: now_nanos(),
+        }))
     }
     async fn list_pod_sandbox(
         &self,
-        _r: Request<cri::ListPodSandboxRequest>,
+        request: Request<cri::ListPodSandboxRequest>,
     ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
-        unimplemented("ListPodSandbox")
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let items = self
+            .sandboxes
+            .list()
+            .into_iter()
+            .filter(|s| filter.id.is_empty() || s.id.starts_with(&filter.id))
+            .filter(|s| {
+                filter
+                    .state
+                    .as_ref()
+                    .is_none_or(|state| state.state == cri_state(s.state))
+            })
+            .filter(|s| {
+                filter
+                    .label_selector
+                    .iter()
+                    .all(|(k, v)| s.labels.get(k) == Some(v))
+            })
+            .map(|s| cri::PodSandbox {
+                id: s.id.clone(),
+                metadata: Some(cri_metadata(&s.metadata)),
+                state: cri_state(s.state),
+                created_at: s.created_at,
+                labels: s.labels.clone(),
+                annotations: s.annotations.clone(),
+                runtime_handler: s.runtime_handler.clone(),
+            })
+            .collect();
+        Ok(Response::new(cri::ListPodSandboxResponse { items }))
     }
     async fn create_container(
         &self,
