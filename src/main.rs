@@ -48,6 +48,9 @@ enum Command {
     Proxy(proxy_cmd::ProxyArgs),
     /// Run the built-in CRI server (RuntimeService + ImageService) on a unix socket.
     Runtime(runtime_cmd::RuntimeArgs),
+    /// The per-container monitor started by `ferrokube runtime`.
+    #[command(hide = true)]
+    RuntimeShim(runtime_cmd::ShimArgs),
     /// Manage the built-in runtime's image store directly.
     #[command(subcommand)]
     Images(runtime_cmd::ImagesCommand),
@@ -107,6 +110,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Command::RuntimeShim(args) = cli.command {
+        // Plain threads, no async runtime: it must stay small and independent.
+        return ExitCode::from(u8::try_from(runtime_cmd::shim(args)).unwrap_or(1));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -137,6 +144,7 @@ fn main() -> ExitCode {
             Command::Proxy(args) => proxy_cmd::run(args).await,
             Command::Runtime(args) => runtime_cmd::run(args).await,
             Command::Images(command) => runtime_cmd::images(command),
+            Command::RuntimeShim(_) => Ok(()),
         }
     });
     match result {

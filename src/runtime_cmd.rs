@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use ferrokube_runtime::server::{Options, serve};
 use ferrokube_runtime::store::ImageStore;
@@ -32,6 +32,35 @@ pub struct RuntimeArgs {
     pub cgroup_root: String,
 }
 
+/// The per-container monitor the runtime starts (not for humans).
+#[derive(Debug, Clone, Args)]
+pub struct ShimArgs {
+    #[arg(long)]
+    id: String,
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long)]
+    runc: PathBuf,
+    #[arg(long)]
+    runc_root: PathBuf,
+    #[arg(long)]
+    log_path: PathBuf,
+    #[arg(long)]
+    cgroup: String,
+}
+
+/// Runs the shim until its container exits; the process exit status.
+pub fn shim(args: ShimArgs) -> i32 {
+    ferrokube_runtime::shim::run(&ferrokube_runtime::shim::ShimArgs {
+        id: args.id,
+        dir: args.dir,
+        runc: args.runc,
+        runc_root: args.runc_root,
+        log_path: args.log_path,
+        cgroup: args.cgroup,
+    })
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ImagesCommand {
     /// Import the images of an OCI-layout or docker-archive tarball (gzip allowed).
@@ -57,6 +86,8 @@ pub async fn run(args: RuntimeArgs) -> Result<()> {
         cni_conf_dir: args.cni_conf_dir,
         cni_bin_dir: args.cni_bin_dir,
         cgroup_root: args.cgroup_root,
+        oci_runtime: args.oci_runtime,
+        shim: std::env::current_exe().context("locating the running binary")?,
     };
     let shutdown = async {
         let mut term =

@@ -465,3 +465,400 @@ pub async fn sandbox_without_metadata_is_refused(lab: &mut Lab) -> Result<()> {
     ensure!(allocated(&lab.ipam_dir()).is_empty());
     Ok(())
 }
+
+fn container_config(lab: &Lab, name: &str, command: &[&str]) -> cri::ContainerConfig {
+    let _ = lab;
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: spec(IMAGE),
+        command: command.iter().map(|c| c.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        labels: HashMap::from([("container".to_string(), name.to_string())]),
+        ..Default::default()
+    }
+}
+
+/// CreateContainer in the sandbox `pod` that [`run_pod`] made as `pod_name`.
+async fn create(
+    lab: &mut Lab,
+    (pod, pod_name): (&str, &str),
+    config: cri::ContainerConfig,
+) -> Result<String, tonic::Status> {
+    let sandbox_config = pod_config(lab, pod_name);
+    Ok(lab
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(sandbox_config),
+        })
+        .await?
+        .into_inner()
+        .container_id)
+}
+
+async fn start(lab: &mut Lab, id: &str) -> Result<()> {
+    lab.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: id.into(),
+        })
+        .await?;
+    Ok(())
+}
+
+async fn container_status(lab: &mut Lab, id: &str) -> Result<cri::ContainerStatus> {
+    lab.runtime
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .await?
+        .into_inner()
+        .status
+        .context("no container status")
+}
+
+async fn wait_exited(lab: &mut Lab, id: &str) -> Result<cri::ContainerStatus> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = container_status(lab, id).await?;
+        if status.state == cri::ContainerState::ContainerExited as i32 {
+            return Ok(status);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("container {id} not exited after 30s: {status:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn remove_container(lab: &mut Lab, id: &str) -> Result<()> {
+    lab.runtime
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.into(),
+        })
+        .await?;
+    Ok(())
+}
+
+/// Checks every line has the CRI shape and returns (stream, tag, content) triples.
+fn log_entries(path: &Path) -> Result<Vec<(String, String, String)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    text.lines()
+        .map(|line| {
+            let mut parts = line.splitn(4, ' ');
+            let (Some(time), Some(stream), Some(tag)) = (parts.next(), parts.next(), parts.next())
+            else {
+                bail!("malformed log line {line:?}");
+            };
+            let content = parts.next().unwrap_or_default();
+            // RFC 3339 with nanoseconds: 2006-01-02T15:04:05.999999999Z07:00.
+            ensure!(
+                time.len() >= 20 && time.as_bytes()[10] == b'T' && time.contains('.'),
+                "bad timestamp in {line:?}"
+            );
+            ensure!(
+                stream == "stdout" || stream == "stderr",
+                "bad stream in {line:?}"
+            );
+            ensure!(tag == "F" || tag == "P", "bad tag in {line:?}");
+            Ok((stream.to_string(), tag.to_string(), content.to_string()))
+        })
+        .collect()
+}
+
+pub async fn container_exit_codes_and_logs(lab: &mut Lab) -> Result<()> {
+    let pod_id = run_pod(lab, "exits").await?;
+    let pod = (pod_id.as_str(), "exits");
+    let ok = create(
+        lab,
+        pod,
+        container_config(
+            lab,
+            "ok",
+            &["sh", "-c", "echo out; echo err >&2; echo done"],
+        ),
+    )
+    .await?;
+    let status = container_status(lab, &ok).await?;
+    ensure!(
+        status.state == cri::ContainerState::ContainerCreated as i32,
+        "{status:?}"
+    );
+    ensure!(
+        status.created_at > 0 && status.started_at == 0,
+        "{status:?}"
+    );
+    start(lab, &ok).await?;
+    let status = wait_exited(lab, &ok).await?;
+    ensure!(
+        status.exit_code == 0 && status.reason == "Completed",
+        "{status:?}"
+    );
+    // Not finished >= started: containerd takes started_at after runc start returns, so
+    // a quick process can finish "before" it started.
+    ensure!(
+        status.started_at > 0 && status.finished_at > 0,
+        "{status:?}"
+    );
+    let log = lab.dir.path().join("logs/exits/ok.log");
+    ensure!(status.log_path == log.display().to_string(), "{status:?}");
+    let entries = log_entries(&log)?;
+    let want = |stream: &str, content: &str| {
+        entries
+            .iter()
+            .any(|(s, t, c)| s == stream && t == "F" && c == content)
+    };
+    ensure!(
+        want("stdout", "out") && want("stderr", "err") && want("stdout", "done"),
+        "{entries:?}"
+    );
+    let fail = create(
+        lab,
+        pod,
+        container_config(lab, "fail", &["sh", "-c", "exit 3"]),
+    )
+    .await?;
+    start(lab, &fail).await?;
+    let status = wait_exited(lab, &fail).await?;
+    ensure!(
+        status.exit_code == 3 && status.reason == "Error",
+        "{status:?}"
+    );
+    // Starting an exited container is refused.
+    ensure!(start(lab, &fail).await.is_err());
+    let listed = lab
+        .runtime
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                pod_sandbox_id: pod_id.clone(),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .containers;
+    ensure!(listed.len() == 2, "{listed:?}");
+    for id in [&ok, &fail] {
+        remove_container(lab, id).await?;
+        remove_container(lab, id).await?;
+        is_code(
+            lab.runtime
+                .container_status(cri::ContainerStatusRequest {
+                    container_id: id.to_string(),
+                    verbose: false,
+                })
+                .await,
+            tonic::Code::NotFound,
+        )?;
+    }
+    // The log outlives the container: it is the kubelet's.
+    ensure!(log.exists());
+    remove_pod(lab, pod.0).await?;
+    Ok(())
+}
+
+pub async fn container_stop_sends_sigterm_then_sigkill(lab: &mut Lab) -> Result<()> {
+    let pod_id = run_pod(lab, "stopper").await?;
+    let pod = (pod_id.as_str(), "stopper");
+    // Handles SIGTERM: stops cleanly with its own exit code and says so in its log.
+    let polite = create(
+        lab,
+        pod,
+        container_config(
+            lab,
+            "polite",
+            &[
+                "sh",
+                "-c",
+                "trap 'echo got-term; exit 0' TERM; echo ready; while true; do sleep 0.1; done",
+            ],
+        ),
+    )
+    .await?;
+    // Ignores SIGTERM: killed after the timeout.
+    let stubborn = create(
+        lab,
+        pod,
+        container_config(
+            lab,
+            "stubborn",
+            &["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"],
+        ),
+    )
+    .await?;
+    for id in [&polite, &stubborn] {
+        start(lab, id).await?;
+        let status = container_status(lab, id).await?;
+        ensure!(
+            status.state == cri::ContainerState::ContainerRunning as i32,
+            "{status:?}"
+        );
+    }
+    let log = lab.dir.path().join("logs/stopper/polite.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("ready")
+    {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "polite never got ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lab.runtime
+        .stop_container(cri::StopContainerRequest {
+            container_id: polite.clone(),
+            timeout: 20,
+        })
+        .await?;
+    let status = container_status(lab, &polite).await?;
+    ensure!(
+        status.exit_code == 0 && status.reason == "Completed",
+        "{status:?}"
+    );
+    ensure!(
+        log_entries(&log)?.iter().any(|(_, _, c)| c == "got-term"),
+        "no got-term in the log"
+    );
+    let began = std::time::Instant::now();
+    lab.runtime
+        .stop_container(cri::StopContainerRequest {
+            container_id: stubborn.clone(),
+            timeout: 1,
+        })
+        .await?;
+    let took = began.elapsed();
+    ensure!(took < Duration::from_secs(20), "stop took {took:?}");
+    let status = container_status(lab, &stubborn).await?;
+    ensure!(
+        status.state == cri::ContainerState::ContainerExited as i32,
+        "{status:?}"
+    );
+    ensure!(
+        status.exit_code == 137 && status.reason == "Error",
+        "{status:?}"
+    );
+    // Stopping again is fine.
+    lab.runtime
+        .stop_container(cri::StopContainerRequest {
+            container_id: stubborn.clone(),
+            timeout: 1,
+        })
+        .await?;
+    // RemovePodSandbox removes its containers.
+    remove_pod(lab, pod.0).await?;
+    is_code(
+        lab.runtime
+            .container_status(cri::ContainerStatusRequest {
+                container_id: stubborn.clone(),
+                verbose: false,
+            })
+            .await,
+        tonic::Code::NotFound,
+    )?;
+    Ok(())
+}
+
+pub async fn exec_sync_output_and_exit_code(lab: &mut Lab) -> Result<()> {
+    let pod_id = run_pod(lab, "execpod").await?;
+    let pod = (pod_id.as_str(), "execpod");
+    let id = create(lab, pod, container_config(lab, "main", &["sleep", "3600"])).await?;
+    start(lab, &id).await?;
+    let exec = |cmd: &[&str]| cri::ExecSyncRequest {
+        container_id: id.clone(),
+        cmd: cmd.iter().map(|c| c.to_string()).collect(),
+        timeout: 10,
+    };
+    let out = lab
+        .runtime
+        .exec_sync(exec(&["sh", "-c", "echo hi; echo oops >&2; exit 7"]))
+        .await?
+        .into_inner();
+    ensure!(out.stdout == b"hi\n", "{out:?}");
+    ensure!(out.stderr == b"oops\n", "{out:?}");
+    ensure!(out.exit_code == 7, "{out:?}");
+    // The sandbox's UTS namespace carries the pod hostname; /etc/hostname agrees.
+    let out = lab
+        .runtime
+        .exec_sync(exec(&["hostname"]))
+        .await?
+        .into_inner();
+    ensure!(out.stdout == b"execpod\n", "{out:?}");
+    let out = lab
+        .runtime
+        .exec_sync(exec(&["cat", "/etc/hostname", "/etc/marker"]))
+        .await?
+        .into_inner();
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).starts_with("execpod"),
+        "{out:?}"
+    );
+    remove_pod(lab, pod.0).await?;
+    Ok(())
+}
+
+pub async fn container_unknown_ids_and_duplicates(lab: &mut Lab) -> Result<()> {
+    let unknown = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    is_code(
+        lab.runtime
+            .container_status(cri::ContainerStatusRequest {
+                container_id: unknown.into(),
+                verbose: false,
+            })
+            .await,
+        tonic::Code::NotFound,
+    )?;
+    ensure!(start(lab, unknown).await.is_err());
+    remove_container(lab, unknown).await?;
+    let pod_id = run_pod(lab, "dups").await?;
+    let pod = (pod_id.as_str(), "dups");
+    let first = create(lab, pod, container_config(lab, "same", &["true"])).await?;
+    let second = create(lab, pod, container_config(lab, "same", &["true"])).await;
+    ensure!(second.is_err(), "{second:?}");
+    let mut bad_image = container_config(lab, "noimage", &["true"]);
+    bad_image.image = spec("nosuchimage:1");
+    let result = create(lab, pod, bad_image).await;
+    ensure!(result.is_err(), "{result:?}");
+    let listed = lab
+        .runtime
+        .list_containers(cri::ListContainersRequest::default())
+        .await?
+        .into_inner()
+        .containers;
+    ensure!(listed.len() == 1 && listed[0].id == first, "{listed:?}");
+    remove_pod(lab, pod.0).await?;
+    Ok(())
+}
+
+pub async fn container_memory_limit_oom_kill(lab: &mut Lab) -> Result<()> {
+    let pod_id = run_pod(lab, "oompod").await?;
+    let pod = (pod_id.as_str(), "oompod");
+    let mut config = container_config(
+        lab,
+        "hog",
+        &[
+            "sh",
+            "-c",
+            "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived",
+        ],
+    );
+    config.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 32 * 1024 * 1024,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = create(lab, pod, config).await?;
+    start(lab, &id).await?;
+    let status = wait_exited(lab, &id).await?;
+    ensure!(status.reason == "OOMKilled", "{status:?}");
+    ensure!(status.exit_code != 0, "{status:?}");
+    remove_pod(lab, pod.0).await?;
+    Ok(())
+}

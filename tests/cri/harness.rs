@@ -73,7 +73,7 @@ pub fn build_image(dir: &Path, name: &str, marker: &str) -> Result<TestImage> {
     }
     std::fs::copy(busybox, rootfs.join("bin/busybox"))?;
     for applet in [
-        "sh", "sleep", "echo", "cat", "ls", "nc", "hostname", "id", "env",
+        "sh", "sleep", "echo", "cat", "ls", "nc", "hostname", "id", "env", "head", "tr", "true",
     ] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
     }
@@ -409,6 +409,23 @@ impl Drop for Lab {
 /// Stops the daemon and everything it started (processes whose command line names our
 /// directory), unmounts our mounts, leaves the directory to its TempDir.
 fn cleanup(dir: &Path, child: &mut Child, ctr: Option<Command>) {
+    // Our runtime's containers (their processes do not name our directory).
+    let runc_root = dir.join("root/runc");
+    if runc_root.exists()
+        && let Ok(out) = Command::new("runc")
+            .arg("--root")
+            .arg(&runc_root)
+            .args(["list", "-q"])
+            .output()
+    {
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&runc_root)
+                .args(["delete", "--force", id])
+                .output();
+        }
+    }
     if let Some(mut ctr) = ctr {
         // Tasks first (the sandboxes' processes), while containerd still runs.
         let ls = ctr.args(["tasks", "ls", "-q"]).output();

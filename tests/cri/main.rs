@@ -65,4 +65,9 @@ cases!(
     sandbox_unknown_ids,
     sandbox_duplicate_name_is_refused,
     sandbox_without_metadata_is_refused,
+    container_exit_codes_and_logs,
+    container_stop_sends_sigterm_then_sigkill,
+    exec_sync_output_and_exit_code,
+    container_unknown_ids_and_duplicates,
+    container_memory_limit_oom_kill,
 );

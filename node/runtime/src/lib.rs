@@ -16,9 +16,11 @@
 //! (generated from upstream's `api.proto`), so there is no `proto/` directory here.
 
 pub mod cni;
+pub mod container;
 pub mod host;
 pub mod reference;
 pub mod sandbox;
 pub mod server;
 pub mod service;
+pub mod shim;
 pub mod store;

@@ -9,6 +9,7 @@ use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::cni::CniExec;
+use crate::container::{ContainerError, Containers};
 use crate::host::LinuxHost;
 use crate::sandbox::{SandboxError, Sandboxes};
 use crate::service::{Images, Runtime};
@@ -23,6 +24,9 @@ pub enum ServerError {
     /// The image store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The container state could not be loaded.
+    #[error(transparent)]
+    Container(#[from] ContainerError),
     /// The sandbox state could not be loaded.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
@@ -44,6 +48,10 @@ pub struct Options {
     pub cni_bin_dir: PathBuf,
     /// Cgroup (under each v1 hierarchy) for pods whose config names no cgroup parent.
     pub cgroup_root: String,
+    /// The OCI runtime (runc).
+    pub oci_runtime: PathBuf,
+    /// The binary run as `<shim> runtime-shim` to monitor each container.
+    pub shim: PathBuf,
 }
 
 /// Serves CRI on `options.socket` until `shutdown` completes; removes the socket after.
@@ -62,11 +70,20 @@ pub async fn serve(
         Arc::new(LinuxHost),
         Arc::new(network),
     )?;
+    let containers = Arc::new(Containers::open(
+        &options.root,
+        options.oci_runtime.clone(),
+        options.shim.clone(),
+        store.clone(),
+    )?);
     let listener = bind(&options.socket)?;
     tracing::info!(socket = %options.socket.display(), root = %options.root.display(), "serving CRI");
     let result = tonic::transport::Server::builder()
-        .add_service(RuntimeServiceServer::new(Runtime::new(Arc::new(sandboxes))))
-        .add_service(ImageServiceServer::new(Images::new(store)))
+        .add_service(RuntimeServiceServer::new(Runtime::new(
+            Arc::new(sandboxes),
+            containers.clone(),
+        )))
+        .add_service(ImageServiceServer::new(Images::new(store, containers)))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     let _ = std::fs::remove_file(&options.socket);

@@ -1,8 +1,8 @@
 //! The CRI v1 services: [`Images`] (ImageService over the [`ImageStore`]) and [`Runtime`]
-//! (RuntimeService: `Version`, `Status` and the pod sandbox calls over [`Sandboxes`];
-//! container calls answer `Unimplemented` until containers land).
+//! (RuntimeService: `Version`, `Status`, the pod sandbox calls over [`Sandboxes`] and the
+//! container calls over [`Containers`]; streaming calls, stats and checkpoints answer
+//! `Unimplemented`).
 
-use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use k8s_cri::v1::image_service_server::ImageService;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
+use crate::container::{ContainerError, Containers, Phase, Record};
 use crate::sandbox::{Metadata, Sandbox, SandboxError, Sandboxes, Spec, State};
 use crate::store::{ImageRecord, ImageStore, StoreError};
 
@@ -25,6 +26,9 @@ pub enum ServiceError {
     /// A sandbox operation failed.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// A container operation failed.
+    #[error(transparent)]
+    Container(#[from] ContainerError),
     /// A blocking task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -45,6 +49,18 @@ impl From<ServiceError> for Status {
             ServiceError::Sandbox(SandboxError::NameReserved(..)) => {
                 Status::already_exists(e.to_string())
             }
+            ServiceError::Container(
+                ContainerError::NotFound(_) | ContainerError::ImageNotFound(_),
+            ) => Status::not_found(e.to_string()),
+            ServiceError::Container(ContainerError::Invalid(_)) => {
+                Status::invalid_argument(e.to_string())
+            }
+            ServiceError::Container(ContainerError::NameReserved(..)) => {
+                Status::already_exists(e.to_string())
+            }
+            ServiceError::Container(ContainerError::WrongState(..)) => {
+                Status::failed_precondition(e.to_string())
+            }
             _ => Status::internal(e.to_string()),
         }
     }
@@ -57,6 +73,73 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| ServiceError::Task(e.to_string()))?
         .map_err(|e| ServiceError::Store(e).into())
+}
+
+async fn blocking_container<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ServiceError::Task(e.to_string()))?
+        .map_err(Status::from)
+}
+
+fn container_state(phase: &Phase) -> i32 {
+    match phase {
+        Phase::Created => cri::ContainerState::ContainerCreated as i32,
+        Phase::Running => cri::ContainerState::ContainerRunning as i32,
+        Phase::Exited(_) => cri::ContainerState::ContainerExited as i32,
+    }
+}
+
+fn container_status(record: &Record, phase: &Phase) -> cri::ContainerStatus {
+    let (finished_at, exit_code, reason) = match phase {
+        Phase::Exited(exit) => (
+            exit.finished_at,
+            exit.code,
+            if exit.oom_killed {
+                "OOMKilled"
+            } else if exit.code == 0 {
+                "Completed"
+            } else {
+                "Error"
+            },
+        ),
+        _ => (0, 0, ""),
+    };
+    cri::ContainerStatus {
+        id: record.id.clone(),
+        metadata: Some(cri::ContainerMetadata {
+            name: record.name.clone(),
+            attempt: record.attempt,
+        }),
+        state: container_state(phase),
+        created_at: record.created_at,
+        started_at: record.started_at,
+        finished_at,
+        exit_code,
+        image: Some(cri::ImageSpec {
+            image: record.image.clone(),
+            ..Default::default()
+        }),
+        image_ref: record.image_ref.clone(),
+        image_id: record.image_id.clone(),
+        reason: reason.into(),
+        labels: record.labels.clone(),
+        annotations: record.annotations.clone(),
+        mounts: record
+            .mounts
+            .iter()
+            .map(|(c, h, ro)| cri::Mount {
+                container_path: c.clone(),
+                host_path: h.clone(),
+                readonly: *ro,
+                ..Default::default()
+            })
+            .collect(),
+        log_path: record.log_path.clone(),
+        ..Default::default()
+    }
 }
 
 async fn blocking_sandbox<T: Send + 'static>(
@@ -223,12 +306,13 @@ fn spec_image(spec: Option<cri::ImageSpec>) -> Result<String, Status> {
 #[derive(Debug, Clone)]
 pub struct Images {
     store: ImageStore,
+    containers: Arc<Containers>,
 }
 
 impl Images {
-    /// Serves `store`.
-    pub fn new(store: ImageStore) -> Images {
-        Images { store }
+    /// Serves `store`; images `containers` use cannot be removed.
+    pub fn new(store: ImageStore, containers: Arc<Containers>) -> Images {
+        Images { store, containers }
     }
 }
 
@@ -301,8 +385,8 @@ impl ImageService for Images {
     ) -> Result<Response<cri::RemoveImageResponse>, Status> {
         let spec = spec_image(request.into_inner().image)?;
         let store = self.store.clone();
-        // No containers exist yet in this slice, so nothing pins an image.
-        blocking(move || store.remove(&spec, &BTreeSet::new())).await?;
+        let in_use = self.containers.images_in_use();
+        blocking(move || store.remove(&spec, &in_use)).await?;
         Ok(Response::new(cri::RemoveImageResponse {}))
     }
 
@@ -330,12 +414,38 @@ impl ImageService for Images {
 #[derive(Debug, Clone)]
 pub struct Runtime {
     sandboxes: Arc<Sandboxes>,
+    containers: Arc<Containers>,
 }
 
 impl Runtime {
-    /// Serves `sandboxes`.
-    pub fn new(sandboxes: Arc<Sandboxes>) -> Runtime {
-        Runtime { sandboxes }
+    /// Serves `sandboxes` and `containers`.
+    pub fn new(sandboxes: Arc<Sandboxes>, containers: Arc<Containers>) -> Runtime {
+        Runtime {
+            sandboxes,
+            containers,
+        }
+    }
+
+    /// Stops (and with `remove`, removes) every container of a sandbox.
+    async fn clear_sandbox(&self, sandbox_id: &str, remove: bool) -> Result<(), Status> {
+        let Ok(sandbox) = self.sandboxes.get(sandbox_id) else {
+            return Ok(());
+        };
+        let containers = self.containers.clone();
+        blocking_container(move || {
+            for record in containers.list() {
+                if record.sandbox_id != sandbox.id {
+                    continue;
+                }
+                if remove {
+                    containers.remove(&record.id)?;
+                } else {
+                    containers.stop(&record.id, std::time::Duration::ZERO)?;
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     fn network_ready(&self) -> (bool, String) {
@@ -415,6 +525,7 @@ impl RuntimeService for Runtime {
         request: Request<cri::StopPodSandboxRequest>,
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
         let id = request.into_inner().pod_sandbox_id;
+        self.clear_sandbox(&id, false).await?;
         let sandboxes = self.sandboxes.clone();
         blocking_sandbox(move || sandboxes.stop(&id)).await?;
         Ok(Response::new(cri::StopPodSandboxResponse {}))
@@ -424,6 +535,7 @@ impl RuntimeService for Runtime {
         request: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
         let id = request.into_inner().pod_sandbox_id;
+        self.clear_sandbox(&id, true).await?;
         let sandboxes = self.sandboxes.clone();
         blocking_sandbox(move || sandboxes.remove(&id)).await?;
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
@@ -484,39 +596,116 @@ impl RuntimeService for Runtime {
     }
     async fn create_container(
         &self,
-        _r: Request<cri::CreateContainerRequest>,
+        request: Request<cri::CreateContainerRequest>,
     ) -> Result<Response<cri::CreateContainerResponse>, Status> {
-        unimplemented("CreateContainer")
+        let request = request.into_inner();
+        let sandbox = self
+            .sandboxes
+            .get(&request.pod_sandbox_id)
+            .map_err(ServiceError::from)?;
+        if sandbox.state != State::Ready {
+            return Err(Status::failed_precondition(format!(
+                "sandbox {} is not ready",
+                sandbox.id
+            )));
+        }
+        let config = request
+            .config
+            .ok_or_else(|| Status::invalid_argument("config is required"))?;
+        let containers = self.containers.clone();
+        let record = blocking_container(move || Ok(containers.create(&sandbox, config)?)).await?;
+        Ok(Response::new(cri::CreateContainerResponse {
+            container_id: record.id,
+        }))
     }
     async fn start_container(
         &self,
-        _r: Request<cri::StartContainerRequest>,
+        request: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
-        unimplemented("StartContainer")
+        let id = request.into_inner().container_id;
+        let containers = self.containers.clone();
+        blocking_container(move || Ok(containers.start(&id)?)).await?;
+        Ok(Response::new(cri::StartContainerResponse {}))
     }
     async fn stop_container(
         &self,
-        _r: Request<cri::StopContainerRequest>,
+        request: Request<cri::StopContainerRequest>,
     ) -> Result<Response<cri::StopContainerResponse>, Status> {
-        unimplemented("StopContainer")
+        let request = request.into_inner();
+        let timeout = std::time::Duration::from_secs(u64::try_from(request.timeout).unwrap_or(0));
+        let containers = self.containers.clone();
+        blocking_container(move || Ok(containers.stop(&request.container_id, timeout)?)).await?;
+        Ok(Response::new(cri::StopContainerResponse {}))
     }
     async fn remove_container(
         &self,
-        _r: Request<cri::RemoveContainerRequest>,
+        request: Request<cri::RemoveContainerRequest>,
     ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
-        unimplemented("RemoveContainer")
+        let id = request.into_inner().container_id;
+        let containers = self.containers.clone();
+        blocking_container(move || Ok(containers.remove(&id)?)).await?;
+        Ok(Response::new(cri::RemoveContainerResponse {}))
     }
     async fn list_containers(
         &self,
-        _r: Request<cri::ListContainersRequest>,
+        request: Request<cri::ListContainersRequest>,
     ) -> Result<Response<cri::ListContainersResponse>, Status> {
-        unimplemented("ListContainers")
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let containers = self
+            .containers
+            .list()
+            .into_iter()
+            .filter(|r| filter.id.is_empty() || r.id.starts_with(&filter.id))
+            .filter(|r| {
+                filter.pod_sandbox_id.is_empty() || r.sandbox_id.starts_with(&filter.pod_sandbox_id)
+            })
+            .filter(|r| {
+                filter
+                    .label_selector
+                    .iter()
+                    .all(|(k, v)| r.labels.get(k) == Some(v))
+            })
+            .filter_map(|r| {
+                let state = container_state(&self.containers.phase(&r));
+                if filter.state.as_ref().is_some_and(|s| s.state != state) {
+                    return None;
+                }
+                Some(cri::Container {
+                    id: r.id.clone(),
+                    pod_sandbox_id: r.sandbox_id.clone(),
+                    metadata: Some(cri::ContainerMetadata {
+                        name: r.name.clone(),
+                        attempt: r.attempt,
+                    }),
+                    image: Some(cri::ImageSpec {
+                        image: r.image.clone(),
+                        ..Default::default()
+                    }),
+                    image_ref: r.image_ref.clone(),
+                    image_id: r.image_id.clone(),
+                    state,
+                    created_at: r.created_at,
+                    labels: r.labels.clone(),
+                    annotations: r.annotations.clone(),
+                })
+            })
+            .collect();
+        Ok(Response::new(cri::ListContainersResponse { containers }))
     }
     async fn container_status(
         &self,
-        _r: Request<cri::ContainerStatusRequest>,
+        request: Request<cri::ContainerStatusRequest>,
     ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
-        unimplemented("ContainerStatus")
+        let request = request.into_inner();
+        let record = self
+            .containers
+            .get(&request.container_id)
+            .map_err(ServiceError::from)?;
+        let phase = self.containers.phase(&record);
+        Ok(Response::new(cri::ContainerStatusResponse {
+            status: Some(container_status(&record, &phase)),
+            info: HashMap::new(),
+        }))
     }
     async fn update_container_resources(
         &self,
@@ -532,9 +721,23 @@ impl RuntimeService for Runtime {
     }
     async fn exec_sync(
         &self,
-        _r: Request<cri::ExecSyncRequest>,
+        request: Request<cri::ExecSyncRequest>,
     ) -> Result<Response<cri::ExecSyncResponse>, Status> {
-        unimplemented("ExecSync")
+        let request = request.into_inner();
+        let timeout = u64::try_from(request.timeout)
+            .ok()
+            .filter(|t| *t > 0)
+            .map(std::time::Duration::from_secs);
+        let (stdout, stderr, exit_code) = self
+            .containers
+            .exec_sync(&request.container_id, &request.cmd, timeout)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(cri::ExecSyncResponse {
+            stdout,
+            stderr,
+            exit_code,
+        }))
     }
     async fn exec(
         &self,
