@@ -862,3 +862,135 @@ pub async fn container_memory_limit_oom_kill(lab: &mut Lab) -> Result<()> {
     remove_pod(lab, pod.0).await?;
     Ok(())
 }
+
+async fn wait_log(path: &Path, needle: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if log_entries(path)
+            .unwrap_or_default()
+            .iter()
+            .any(|(_, _, c)| c == needle)
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("{needle:?} never appeared in {}", path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn restart_keeps_containers_running(lab: &mut Lab) -> Result<()> {
+    let pod_id = run_pod(lab, "survivor").await?;
+    let pod = (pod_id.as_str(), "survivor");
+    let ip = pod_ip(&pod_status(lab, &pod_id).await?)?;
+    let id = create(
+        lab,
+        pod,
+        container_config(
+            lab,
+            "main",
+            &[
+                "sh",
+                "-c",
+                "trap 'echo term; exit 0' TERM; echo before; while true; do sleep 0.1; done",
+            ],
+        ),
+    )
+    .await?;
+    start(lab, &id).await?;
+    let log = lab.dir.path().join("logs/survivor/main.log");
+    wait_log(&log, "before").await?;
+    lab.restart().await?;
+    let status = container_status(lab, &id).await?;
+    ensure!(
+        status.state == cri::ContainerState::ContainerRunning as i32,
+        "{status:?}"
+    );
+    let sandbox = pod_status(lab, &pod_id).await?;
+    ensure!(
+        sandbox.status.as_ref().map(|s| s.state) == Some(cri::PodSandboxState::SandboxReady as i32),
+        "{sandbox:?}"
+    );
+    ensure!(pod_ip(&sandbox)? == ip, "the sandbox IP changed");
+    let out = lab
+        .runtime
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["echo".into(), "alive".into()],
+            timeout: 10,
+        })
+        .await?
+        .into_inner();
+    ensure!(out.stdout == b"alive\n" && out.exit_code == 0, "{out:?}");
+    // The monitor kept the log and still records the exit.
+    lab.runtime
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 20,
+        })
+        .await?;
+    let status = container_status(lab, &id).await?;
+    ensure!(
+        status.exit_code == 0 && status.reason == "Completed",
+        "{status:?}"
+    );
+    wait_log(&log, "term").await?;
+    remove_pod(lab, &pod_id).await?;
+    Ok(())
+}
+
+pub async fn containers_talk_across_sandboxes_over_tcp(lab: &mut Lab) -> Result<()> {
+    let server_pod = run_pod(lab, "server").await?;
+    let client_pod = run_pod(lab, "client").await?;
+    let server_ip = pod_ip(&pod_status(lab, &server_pod).await?)?;
+    let server = create(
+        lab,
+        (&server_pod, "server"),
+        container_config(
+            lab,
+            "http",
+            &[
+                "sh",
+                "-c",
+                "while true; do echo hello-from-server | nc -l -p 8080; done",
+            ],
+        ),
+    )
+    .await?;
+    start(lab, &server).await?;
+    let client = create(
+        lab,
+        (&client_pod, "client"),
+        container_config(lab, "main", &["sleep", "3600"]),
+    )
+    .await?;
+    start(lab, &client).await?;
+    // The server may still be starting: retry the connection until the deadline.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = lab
+            .runtime
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: client.clone(),
+                cmd: ["sh", "-c", &format!("nc {server_ip} 8080 </dev/null")]
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect(),
+                timeout: 5,
+            })
+            .await?
+            .into_inner();
+        if String::from_utf8_lossy(&out.stdout).contains("hello-from-server") {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("no reply from {server_ip}:8080: {out:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    remove_pod(lab, &server_pod).await?;
+    remove_pod(lab, &client_pod).await?;
+    ensure!(allocated(&lab.ipam_dir()).is_empty(), "allocations left");
+    Ok(())
+}

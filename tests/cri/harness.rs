@@ -184,71 +184,7 @@ impl Lab {
             .arg(&conf_dir)
             .arg("--data-dir")
             .arg(d.join("ipam")))?;
-        let log = std::fs::File::create(d.join("runtime.log"))?;
-        let mut command = match kind {
-            Kind::Ours => {
-                let mut command = node.command(BIN);
-                command
-                    .arg("runtime")
-                    .arg("--socket")
-                    .arg(d.join("cri.sock"))
-                    .arg("--root")
-                    .arg(d.join("root"))
-                    .arg("--cni-conf-dir")
-                    .arg(&conf_dir)
-                    .arg("--cni-bin-dir")
-                    .arg(&bin_dir)
-                    .arg("--cgroup-root")
-                    .arg(cgroup_name(d))
-                    .env("FERROKUBE_LOG", "debug");
-                command
-            }
-            Kind::Containerd => {
-                for bin in ["/usr/bin/containerd", "/usr/sbin/runc", "/usr/bin/ctr"] {
-                    ensure!(
-                        Path::new(bin).exists(),
-                        "{bin} missing: the CRI tests need Debian's containerd and runc (run `cargo xtask setup`)"
-                    );
-                }
-                std::fs::write(
-                    d.join("config.toml"),
-                    format!(
-                        r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-[grpc]
-  address = "{d}/cri.sock"
-[ttrpc]
-  address = "{d}/cri.sock.ttrpc"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{IMAGE}"
-  restrict_oom_score_adj = true
-  disable_apparmor = true
-  netns_mounts_under_state_dir = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "native"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{bin}"
-    conf_dir = "{conf}"
-"#,
-                        d = d.display(),
-                        bin = bin_dir.display(),
-                        conf = conf_dir.display(),
-                    ),
-                )?;
-                let mut command = node.command("/usr/bin/containerd");
-                command.arg("--config").arg(d.join("config.toml"));
-                command
-            }
-        };
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
+        let child = spawn_daemon(kind, &node, d)?;
         let socket = d.join("cri.sock");
         let waited = wait_for("the runtime's socket", Duration::from_secs(30), || {
             Ok(socket.exists().then_some(()))
@@ -283,6 +219,37 @@ state = "{d}/state"
         };
         lab.import(&image.archive).with_context(|| lab.log_tail())?;
         Ok(lab)
+    }
+
+    /// Kills the daemon (SIGKILL: no chance to tidy up) and starts it again on the same
+    /// state; reconnects the clients once it answers.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        self.child = spawn_daemon(self.kind, &self.node, self.dir.path())?;
+        let socket = self.dir.path().join("cri.sock");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let attempt = async {
+                let channel = connect(&socket).await?;
+                let mut runtime = RuntimeServiceClient::new(channel.clone());
+                runtime
+                    .version(k8s_cri::v1::VersionRequest::default())
+                    .await?;
+                Ok::<_, anyhow::Error>(channel)
+            };
+            match attempt.await {
+                Ok(channel) => {
+                    self.runtime = RuntimeServiceClient::new(channel.clone());
+                    self.images = ImageServiceClient::new(channel);
+                    return Ok(());
+                }
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(e.context("the restarted runtime never answered"));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
     }
 
     /// Imports an archive the way each runtime's operator would.
@@ -356,6 +323,84 @@ fn remove_tree(dir: &Path) {
         }
     }
     let _ = std::fs::remove_dir(dir);
+}
+
+/// The daemon's command line (for containerd, its config file is written too).
+fn daemon_command(kind: Kind, node: &Netns, d: &Path) -> Result<Command> {
+    let (bin_dir, conf_dir) = (d.join("cni/bin"), d.join("cni/net.d"));
+    let command = match kind {
+        Kind::Ours => {
+            let mut command = node.command(BIN);
+            command
+                .arg("runtime")
+                .arg("--socket")
+                .arg(d.join("cri.sock"))
+                .arg("--root")
+                .arg(d.join("root"))
+                .arg("--cni-conf-dir")
+                .arg(&conf_dir)
+                .arg("--cni-bin-dir")
+                .arg(&bin_dir)
+                .arg("--cgroup-root")
+                .arg(cgroup_name(d))
+                .env("FERROKUBE_LOG", "debug");
+            command
+        }
+        Kind::Containerd => {
+            for bin in ["/usr/bin/containerd", "/usr/sbin/runc", "/usr/bin/ctr"] {
+                ensure!(
+                    Path::new(bin).exists(),
+                    "{bin} missing: the CRI tests need Debian's containerd and runc (run `cargo xtask setup`)"
+                );
+            }
+            std::fs::write(
+                d.join("config.toml"),
+                format!(
+                    r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+[grpc]
+  address = "{d}/cri.sock"
+[ttrpc]
+  address = "{d}/cri.sock.ttrpc"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{IMAGE}"
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+snapshotter = "native"
+default_runtime_name = "runc"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+bin_dir = "{bin}"
+conf_dir = "{conf}"
+"#,
+                    d = d.display(),
+                    bin = bin_dir.display(),
+                    conf = conf_dir.display(),
+                ),
+            )?;
+            let mut command = node.command("/usr/bin/containerd");
+            command.arg("--config").arg(d.join("config.toml"));
+            command
+        }
+    };
+    Ok(command)
+}
+
+/// Starts the daemon with its output appended to `runtime.log`.
+fn spawn_daemon(kind: Kind, node: &Netns, d: &Path) -> Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(d.join("runtime.log"))?;
+    Ok(daemon_command(kind, node, d)?
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?)
 }
 
 fn tail(dir: &Path) -> String {

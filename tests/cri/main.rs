@@ -70,4 +70,6 @@ cases!(
     exec_sync_output_and_exit_code,
     container_unknown_ids_and_duplicates,
     container_memory_limit_oom_kill,
+    containers_talk_across_sandboxes_over_tcp,
+    restart_keeps_containers_running,
 );
