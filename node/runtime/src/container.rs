@@ -1,5 +1,6 @@
 //! Containers: an overlayfs rootfs over the image's shared layers (per-container upper),
-//! an OCI bundle whose `config.json` joins the sandbox's namespaces, and a
+//! an OCI bundle whose `config.json` (built with the `oci-spec` crate) joins the
+//! sandbox's namespaces, and a
 //! [`shim`](crate::shim) per container that runs `runc create`, holds the stdio, writes
 //! the CRI log and records the exit. State lives in `<root>/containers/<id>/`
 //! (`container.json`, `created`, `exit.json`), so a runtime restart finds its
@@ -12,8 +13,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
+use oci_spec::runtime::{
+    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
+    LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
+};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
 use crate::sandbox::{Sandbox, new_id, now_nanos};
 use crate::shim::Exit;
@@ -132,6 +138,18 @@ const DEFAULT_CAPS: [&str; 14] = [
     "CAP_SYS_CHROOT",
     "CAP_KILL",
     "CAP_AUDIT_WRITE",
+];
+
+/// Added for privileged containers.
+const PRIVILEGED_EXTRA_CAPS: [&str; 8] = [
+    "CAP_SYS_ADMIN",
+    "CAP_NET_ADMIN",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_IPC_LOCK",
+    "CAP_SYS_NICE",
 ];
 
 impl Containers {
@@ -365,7 +383,8 @@ impl Containers {
         let etc = sandbox_files(sandbox)?;
         let spec = oci_spec(sandbox, config, image, record, &rootfs, &etc)?;
         let bundle = dir.join("bundle/config.json");
-        std::fs::write(&bundle, spec.to_string()).map_err(io_err(bundle.display()))?;
+        spec.save(&bundle)
+            .map_err(|e| ContainerError::Io(bundle.display().to_string(), e.to_string()))?;
         self.spawn_shim(record)
     }
 
@@ -682,6 +701,33 @@ fn own_oom_score_adj() -> i64 {
         .unwrap_or(0)
 }
 
+fn spec_err(e: oci_spec::OciSpecError) -> ContainerError {
+    ContainerError::Invalid(format!("building config.json: {e}"))
+}
+
+/// `CAP_NET_ADMIN` / `NET_ADMIN` / `net_admin` -> the capability.
+fn capability(name: &str) -> Result<Capability, ContainerError> {
+    let bare = name.trim_start_matches("CAP_").to_uppercase();
+    bare.parse::<Capability>()
+        .map_err(|_| ContainerError::Invalid(format!("unknown capability {name:?}")))
+}
+
+fn mount(
+    destination: &str,
+    typ: &str,
+    source: impl Into<PathBuf>,
+    options: &[&str],
+) -> Result<Mount, ContainerError> {
+    MountBuilder::default()
+        .destination(destination)
+        .typ(typ)
+        .source(source.into())
+        .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+        .build()
+        .map_err(spec_err)
+}
+
+/// The OCI runtime spec (`config.json`) of a container, built with the `oci-spec` crate.
 fn oci_spec(
     sandbox: &Sandbox,
     config: &cri::ContainerConfig,
@@ -689,7 +735,7 @@ fn oci_spec(
     record: &Record,
     rootfs: &Path,
     etc: &Path,
-) -> Result<Value, ContainerError> {
+) -> Result<Spec, ContainerError> {
     let linux = config.linux.clone().unwrap_or_default();
     let security = linux.security_context.as_ref();
     let args = process_args(config, image);
@@ -698,6 +744,290 @@ fn oci_spec(
             "no command: neither the config nor the image gives one".into(),
         ));
     }
+    let env = process_env(sandbox, config, image);
+    let cwd = [
+        config.working_dir.as_str(),
+        image.config.working_dir.as_str(),
+    ]
+    .into_iter()
+    .find(|d| !d.is_empty())
+    .unwrap_or("/")
+    .to_string();
+    let (uid, gid) = resolve_user(rootfs, security, &image.config.user)?;
+    let privileged = security.is_some_and(|s| s.privileged);
+    let mut caps: Capabilities = DEFAULT_CAPS
+        .iter()
+        .map(|c| capability(c))
+        .collect::<Result<_, _>>()?;
+    if privileged {
+        caps.extend(
+            PRIVILEGED_EXTRA_CAPS
+                .iter()
+                .filter_map(|c| capability(c).ok()),
+        );
+    }
+    if let Some(c) = security.and_then(|s| s.capabilities.as_ref()) {
+        for add in &c.add_capabilities {
+            caps.insert(capability(add)?);
+        }
+        for drop in &c.drop_capabilities {
+            caps.remove(&capability(drop)?);
+        }
+    }
+    let additional_gids = security
+        .map(|s| {
+            s.supplemental_groups
+                .iter()
+                .map(|g| u32::try_from(*g))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()
+        .map_err(|_| ContainerError::Invalid("bad supplemental group".into()))?
+        .unwrap_or_default();
+    let user = UserBuilder::default()
+        .uid(uid)
+        .gid(gid)
+        .additional_gids(additional_gids)
+        .build()
+        .map_err(spec_err)?;
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .ambient(Capabilities::new())
+        .inheritable(Capabilities::new())
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .build()
+        .map_err(spec_err)?;
+    let resources = linux.resources.clone().unwrap_or_default();
+    let mut process = ProcessBuilder::default()
+        .terminal(false)
+        .user(user)
+        .args(args)
+        .env(env)
+        .cwd(cwd)
+        .capabilities(capabilities)
+        .no_new_privileges(security.is_some_and(|s| s.no_new_privs));
+    // Never below our own: lowering needs CAP_SYS_RESOURCE (containerd's
+    // restrict_oom_score_adj).
+    if resources.oom_score_adj != 0 {
+        let adj = resources
+            .oom_score_adj
+            .max(own_oom_score_adj())
+            .clamp(-1000, 1000);
+        process = process.oom_score_adj(i32::try_from(adj).unwrap_or(1000));
+    }
+    let mut process = process.build().map_err(spec_err)?;
+    // Inherit the runtime's limits (as containerd does) rather than the example's 1024 files.
+    process.set_rlimits(None);
+
+    let mut mounts = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        )?,
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        )?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?,
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        )?,
+    ];
+    let user_paths: BTreeSet<&str> = config
+        .mounts
+        .iter()
+        .map(|m| m.container_path.as_str())
+        .collect();
+    for (file, dest) in [
+        ("hosts", "/etc/hosts"),
+        ("resolv.conf", "/etc/resolv.conf"),
+        ("hostname", "/etc/hostname"),
+    ] {
+        if !user_paths.contains(dest) {
+            mounts.push(mount(
+                dest,
+                "bind",
+                etc.join(file),
+                &["rbind", "rprivate", "rw"],
+            )?);
+        }
+    }
+    for m in &config.mounts {
+        if !m.container_path.starts_with('/') || m.host_path.is_empty() {
+            return Err(ContainerError::Invalid(format!(
+                "mount {:?} -> {:?}: absolute container path and a host path required",
+                m.host_path, m.container_path
+            )));
+        }
+        let host = Path::new(&m.host_path);
+        if !host.exists() {
+            std::fs::create_dir_all(host).map_err(io_err(host.display()))?;
+        }
+        let propagation = match m.propagation {
+            1 => "rslave",
+            2 => "rshared",
+            _ => "rprivate",
+        };
+        let mode = if m.readonly { "ro" } else { "rw" };
+        mounts.push(mount(
+            &m.container_path,
+            "bind",
+            host,
+            &["rbind", propagation, mode],
+        )?);
+    }
+
+    let mut namespaces = vec![
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Pid)
+            .build()
+            .map_err(spec_err)?,
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Mount)
+            .build()
+            .map_err(spec_err)?,
+    ];
+    for (typ, file) in [
+        (LinuxNamespaceType::Network, "net"),
+        (LinuxNamespaceType::Ipc, "ipc"),
+        (LinuxNamespaceType::Uts, "uts"),
+    ] {
+        if let Some(path) = sandbox.namespace_path(file) {
+            namespaces.push(
+                LinuxNamespaceBuilder::default()
+                    .typ(typ)
+                    .path(path)
+                    .build()
+                    .map_err(spec_err)?,
+            );
+        }
+    }
+
+    let devices = LinuxDeviceCgroupBuilder::default()
+        .allow(privileged)
+        .access("rwm")
+        .build()
+        .map_err(spec_err)?;
+    let mut res = LinuxResourcesBuilder::default().devices(vec![devices]);
+    if resources.cpu_shares > 0 || resources.cpu_quota > 0 || resources.cpu_period > 0 {
+        let mut cpu = LinuxCpuBuilder::default();
+        if let Ok(shares) = u64::try_from(resources.cpu_shares)
+            && shares > 0
+        {
+            cpu = cpu.shares(shares);
+        }
+        if resources.cpu_quota > 0 {
+            cpu = cpu.quota(resources.cpu_quota);
+        }
+        if let Ok(period) = u64::try_from(resources.cpu_period)
+            && period > 0
+        {
+            cpu = cpu.period(period);
+        }
+        res = res.cpu(cpu.build().map_err(spec_err)?);
+    }
+    if resources.memory_limit_in_bytes > 0 {
+        let mut memory = LinuxMemoryBuilder::default().limit(resources.memory_limit_in_bytes);
+        // No swap beyond the limit where the kernel accounts swap.
+        if Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists() {
+            memory = memory.swap(resources.memory_limit_in_bytes);
+        }
+        res = res.memory(memory.build().map_err(spec_err)?);
+    }
+    let mut linux_spec = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .cgroups_path(PathBuf::from(&record.cgroup))
+        .resources(res.build().map_err(spec_err)?);
+    if !privileged {
+        linux_spec = linux_spec
+            .masked_paths(
+                [
+                    "/proc/acpi",
+                    "/proc/kcore",
+                    "/proc/keys",
+                    "/proc/latency_stats",
+                    "/proc/timer_list",
+                    "/proc/timer_stats",
+                    "/proc/sched_debug",
+                    "/proc/scsi",
+                    "/sys/firmware",
+                ]
+                .map(String::from)
+                .to_vec(),
+            )
+            .readonly_paths(
+                [
+                    "/proc/asound",
+                    "/proc/bus",
+                    "/proc/fs",
+                    "/proc/irq",
+                    "/proc/sys",
+                    "/proc/sysrq-trigger",
+                ]
+                .map(String::from)
+                .to_vec(),
+            );
+    }
+    let root = RootBuilder::default()
+        .path("rootfs")
+        .readonly(security.is_some_and(|s| s.readonly_rootfs))
+        .build()
+        .map_err(spec_err)?;
+    let mut spec = SpecBuilder::default()
+        .version("1.0.2")
+        .process(process)
+        .root(root)
+        .mounts(mounts)
+        .linux(linux_spec.build().map_err(spec_err)?)
+        .annotations(config.annotations.clone())
+        .build()
+        .map_err(spec_err)?;
+    // The builder starts from oci-spec's example spec, whose hostname would overwrite
+    // the pod's in the shared UTS namespace: containers leave it alone.
+    spec.set_hostname(None);
+    Ok(spec)
+}
+
+/// Image env, then the config's (a key set twice keeps the config's value), plus PATH
+/// and HOSTNAME when neither gives them.
+fn process_env(
+    sandbox: &Sandbox,
+    config: &cri::ContainerConfig,
+    image: &ImageRecord,
+) -> Vec<String> {
     let mut env: Vec<(String, String)> = image
         .config
         .env
@@ -720,173 +1050,8 @@ fn oci_spec(
     if !env.iter().any(|(k, _)| k == "HOSTNAME") {
         env.push(("HOSTNAME".into(), sandbox.hostname.clone()));
     }
-    let env: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let cwd = [
-        config.working_dir.as_str(),
-        image.config.working_dir.as_str(),
-    ]
-    .into_iter()
-    .find(|d| !d.is_empty())
-    .unwrap_or("/")
-    .to_string();
-    let (uid, gid) = resolve_user(rootfs, security, &image.config.user)?;
-    let privileged = security.is_some_and(|s| s.privileged);
-    let mut caps: Vec<String> = DEFAULT_CAPS.iter().map(|c| c.to_string()).collect();
-    if let Some(c) = security.and_then(|s| s.capabilities.as_ref()) {
-        for add in &c.add_capabilities {
-            let name = format!("CAP_{}", add.trim_start_matches("CAP_").to_uppercase());
-            if !caps.contains(&name) {
-                caps.push(name);
-            }
-        }
-        caps.retain(|cap| {
-            !c.drop_capabilities
-                .iter()
-                .any(|d| format!("CAP_{}", d.trim_start_matches("CAP_").to_uppercase()) == *cap)
-        });
-    }
-    let mut process = json!({
-        "terminal": false,
-        "user": {"uid": uid, "gid": gid,
-                 "additionalGids": security.map(|s| s.supplemental_groups.clone()).unwrap_or_default()},
-        "args": args,
-        "env": env,
-        "cwd": cwd,
-        "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-        "noNewPrivileges": security.is_some_and(|s| s.no_new_privs),
-    });
-    let resources = linux.resources.clone().unwrap_or_default();
-    // Never below our own: lowering needs CAP_SYS_RESOURCE (containerd's
-    // restrict_oom_score_adj).
-    if resources.oom_score_adj != 0 {
-        process["oomScoreAdj"] = json!(resources.oom_score_adj.max(own_oom_score_adj()));
-    }
-    let mut mounts = vec![
-        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
-        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
-        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
-        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
-        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
-    ];
-    let user_paths: BTreeSet<&str> = config
-        .mounts
-        .iter()
-        .map(|m| m.container_path.as_str())
-        .collect();
-    for (file, dest) in [
-        ("hosts", "/etc/hosts"),
-        ("resolv.conf", "/etc/resolv.conf"),
-        ("hostname", "/etc/hostname"),
-    ] {
-        if !user_paths.contains(dest) {
-            mounts.push(json!({"destination": dest, "type": "bind",
-                "source": etc.join(file), "options": ["rbind", "rprivate", "rw"]}));
-        }
-    }
-    for m in &config.mounts {
-        if !m.container_path.starts_with('/') || m.host_path.is_empty() {
-            return Err(ContainerError::Invalid(format!(
-                "mount {:?} -> {:?}: absolute container path and a host path required",
-                m.host_path, m.container_path
-            )));
-        }
-        let host = Path::new(&m.host_path);
-        if !host.exists() {
-            std::fs::create_dir_all(host).map_err(io_err(host.display()))?;
-        }
-        let propagation = match m.propagation {
-            1 => "rslave",
-            2 => "rshared",
-            _ => "rprivate",
-        };
-        mounts.push(json!({"destination": m.container_path, "type": "bind",
-            "source": m.host_path,
-            "options": ["rbind", propagation, if m.readonly { "ro" } else { "rw" }]}));
-    }
-    let mut namespaces = vec![json!({"type": "pid"}), json!({"type": "mount"})];
-    for (kind, file) in [("network", "net"), ("ipc", "ipc"), ("uts", "uts")] {
-        if let Some(path) = sandbox.namespace_path(file) {
-            namespaces.push(json!({"type": kind, "path": path}));
-        }
-    }
-    let mut res = json!({"devices": [{"allow": false, "access": "rwm"}]});
-    let mut cpu = serde_json::Map::new();
-    if resources.cpu_shares > 0 {
-        cpu.insert("shares".into(), json!(resources.cpu_shares));
-    }
-    if resources.cpu_quota > 0 {
-        cpu.insert("quota".into(), json!(resources.cpu_quota));
-    }
-    if resources.cpu_period > 0 {
-        cpu.insert("period".into(), json!(resources.cpu_period));
-    }
-    if !cpu.is_empty() {
-        res["cpu"] = Value::Object(cpu);
-    }
-    if resources.memory_limit_in_bytes > 0 {
-        let mut memory = json!({"limit": resources.memory_limit_in_bytes});
-        // No swap beyond the limit where the kernel accounts swap.
-        if Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists() {
-            memory["swap"] = json!(resources.memory_limit_in_bytes);
-        }
-        res["memory"] = memory;
-    }
-    let mut spec = json!({
-        "ociVersion": "1.0.2",
-        "process": process,
-        "root": {"path": "rootfs", "readonly": security.is_some_and(|s| s.readonly_rootfs)},
-        "mounts": mounts,
-        "linux": {
-            "namespaces": namespaces,
-            "cgroupsPath": record.cgroup,
-            "resources": res,
-        },
-        "annotations": config.annotations,
-    });
-    if !privileged {
-        spec["linux"]["maskedPaths"] = json!([
-            "/proc/acpi",
-            "/proc/kcore",
-            "/proc/keys",
-            "/proc/latency_stats",
-            "/proc/timer_list",
-            "/proc/timer_stats",
-            "/proc/sched_debug",
-            "/proc/scsi",
-            "/sys/firmware"
-        ]);
-        spec["linux"]["readonlyPaths"] = json!([
-            "/proc/asound",
-            "/proc/bus",
-            "/proc/fs",
-            "/proc/irq",
-            "/proc/sys",
-            "/proc/sysrq-trigger"
-        ]);
-    } else {
-        let all: Vec<String> = DEFAULT_CAPS
-            .iter()
-            .map(|c| c.to_string())
-            .chain(
-                [
-                    "CAP_SYS_ADMIN",
-                    "CAP_NET_ADMIN",
-                    "CAP_SYS_PTRACE",
-                    "CAP_SYS_MODULE",
-                    "CAP_SYS_RESOURCE",
-                    "CAP_SYS_TIME",
-                    "CAP_IPC_LOCK",
-                    "CAP_SYS_NICE",
-                ]
-                .iter()
-                .map(|c| c.to_string()),
-            )
-            .collect();
-        spec["process"]["capabilities"] =
-            json!({"bounding": all, "effective": all, "permitted": all});
-        spec["linux"]["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
-    }
-    Ok(spec)
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
+
+#[cfg(test)]
+mod tests;
