@@ -994,3 +994,139 @@ pub async fn containers_talk_across_sandboxes_over_tcp(lab: &mut Lab) -> Result<
     ensure!(allocated(&lab.ipam_dir()).is_empty(), "allocations left");
     Ok(())
 }
+
+async fn exec_stdout(lab: &mut Lab, id: &str, cmd: &[&str]) -> Result<String> {
+    let out = lab
+        .runtime
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|c| c.to_string()).collect(),
+            timeout: 10,
+        })
+        .await?
+        .into_inner();
+    ensure!(out.exit_code == 0, "{cmd:?}: {out:?}");
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The limits land in the container's cgroup v1 files (runc mounts the container's own
+/// cgroup directories at /sys/fs/cgroup/<controller>), at creation and after an update.
+pub async fn container_limits_reach_the_cgroup(lab: &mut Lab) -> Result<()> {
+    let pod_id = run_pod(lab, "limits").await?;
+    let mut config = container_config(lab, "main", &["sleep", "3600"]);
+    config.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            cpu_shares: 512,
+            cpu_quota: 20_000,
+            cpu_period: 100_000,
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = create(lab, (&pod_id, "limits"), config).await?;
+    start(lab, &id).await?;
+    let read = [
+        "cat",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+        "/sys/fs/cgroup/cpu/cpu.shares",
+        "/sys/fs/cgroup/cpu/cpu.cfs_quota_us",
+        "/sys/fs/cgroup/cpu/cpu.cfs_period_us",
+    ];
+    let values = exec_stdout(lab, &id, &read).await?;
+    ensure!(
+        values.split_whitespace().collect::<Vec<_>>() == ["67108864", "512", "20000", "100000"],
+        "{values:?}"
+    );
+    lab.runtime
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                cpu_shares: 256,
+                cpu_quota: 50_000,
+                cpu_period: 100_000,
+                memory_limit_in_bytes: 96 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?;
+    let values = exec_stdout(lab, &id, &read).await?;
+    ensure!(
+        values.split_whitespace().collect::<Vec<_>>() == ["100663296", "256", "50000", "100000"],
+        "{values:?}"
+    );
+    remove_pod(lab, &pod_id).await?;
+    Ok(())
+}
+
+/// A broken archive is refused and leaves the image list as it was.
+pub async fn broken_image_archive_is_refused(lab: &mut Lab) -> Result<()> {
+    let before = lab
+        .images
+        .list_images(cri::ListImagesRequest::default())
+        .await?
+        .into_inner()
+        .images
+        .len();
+    let good = build_image(lab.dir.path(), "ferrokube.invalid/broken:v1", "broken")?;
+    // Cut the archive in half: blobs go missing or truncated.
+    let bytes = std::fs::read(&good.archive)?;
+    let broken = lab.dir.path().join("broken-half.tar");
+    std::fs::write(&broken, &bytes[..bytes.len() / 2])?;
+    ensure!(
+        lab.import(&broken).is_err(),
+        "a truncated archive was imported"
+    );
+    let images = lab
+        .images
+        .list_images(cri::ListImagesRequest::default())
+        .await?
+        .into_inner()
+        .images;
+    ensure!(images.len() == before, "{images:?}");
+    ensure!(status(lab, "ferrokube.invalid/broken:v1").await?.is_none());
+    Ok(())
+}
+
+/// A command that does not exist fails CreateContainer (ours: runc create checks it) or
+/// StartContainer (containerd creates the task at start); either way nothing runs and
+/// after RemoveContainer nothing is listed.
+pub async fn missing_command_fails_and_leaves_nothing(lab: &mut Lab) -> Result<()> {
+    let pod_id = run_pod(lab, "nocmd").await?;
+    let config = container_config(lab, "ghost", &["/no/such/binary"]);
+    match create(lab, (&pod_id, "nocmd"), config).await {
+        Err(_) => {}
+        Ok(id) => {
+            ensure!(start(lab, &id).await.is_err(), "a missing binary started");
+            let status = container_status(lab, &id).await?;
+            ensure!(
+                status.state != cri::ContainerState::ContainerRunning as i32,
+                "{status:?}"
+            );
+            remove_container(lab, &id).await?;
+        }
+    }
+    let listed = lab
+        .runtime
+        .list_containers(cri::ListContainersRequest::default())
+        .await?
+        .into_inner()
+        .containers;
+    ensure!(listed.is_empty(), "{listed:?}");
+    if lab.kind == crate::harness::Kind::Ours {
+        let dir = lab.dir.path().join("root/containers");
+        let left: Vec<_> = std::fs::read_dir(&dir)?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        ensure!(left.is_empty(), "container state left: {left:?}");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+        ensure!(
+            !mounts.contains(&dir.display().to_string()),
+            "rootfs mount left"
+        );
+    }
+    remove_pod(lab, &pod_id).await?;
+    Ok(())
+}

@@ -72,4 +72,7 @@ cases!(
     container_memory_limit_oom_kill,
     containers_talk_across_sandboxes_over_tcp,
     restart_keeps_containers_running,
+    container_limits_reach_the_cgroup,
+    broken_image_archive_is_refused,
+    missing_command_fails_and_leaves_nothing,
 );

@@ -552,6 +552,38 @@ impl Containers {
         }
     }
 
+    /// UpdateContainerResources: CPU shares/quota/period and memory through `runc update`
+    /// (the cgroup carries them; config.json keeps the creation values).
+    pub fn update(
+        &self,
+        id: &str,
+        resources: &cri::LinuxContainerResources,
+    ) -> Result<(), ContainerError> {
+        let record = self.get(id)?;
+        if let Phase::Exited(_) = self.phase(&record) {
+            return Err(ContainerError::WrongState(record.id, "exited"));
+        }
+        let mut args = vec!["update".to_string()];
+        let mut flag = |name: &str, value: i64| {
+            if value > 0 {
+                args.push(format!("--{name}={value}"));
+            }
+        };
+        flag("cpu-share", resources.cpu_shares);
+        flag("cpu-quota", resources.cpu_quota);
+        flag("cpu-period", resources.cpu_period);
+        flag("memory", resources.memory_limit_in_bytes);
+        if Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists() {
+            flag("memory-swap", resources.memory_limit_in_bytes);
+        }
+        if args.len() == 1 {
+            return Ok(());
+        }
+        args.push(record.id.clone());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.runc_ok(&args)
+    }
+
     /// ExecSync through `runc exec` (the container's process spec: env, cwd, user).
     pub async fn exec_sync(
         &self,

@@ -709,9 +709,14 @@ impl RuntimeService for Runtime {
     }
     async fn update_container_resources(
         &self,
-        _r: Request<cri::UpdateContainerResourcesRequest>,
+        request: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
-        unimplemented("UpdateContainerResources")
+        let request = request.into_inner();
+        let resources = request.linux.unwrap_or_default();
+        let containers = self.containers.clone();
+        blocking_container(move || Ok(containers.update(&request.container_id, &resources)?))
+            .await?;
+        Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
     async fn reopen_container_log(
         &self,
