@@ -374,6 +374,11 @@ pub async fn sandbox_lifecycle(lab: &mut Lab) -> Result<()> {
     ensure!(list_pods(lab, Default::default()).await?.is_empty());
     let links = lab.node.ip(&["-o", "link", "show"])?;
     ensure!(!links.contains(" fk"), "host veths left: {links}");
+    if lab.kind == crate::harness::Kind::Ours {
+        // We made the pod cgroup (containerd leaves it to whoever made the parent).
+        let cgroup = format!("/sys/fs/cgroup/memory{}/pod-life", lab.cgroup_parent());
+        ensure!(!Path::new(&cgroup).exists(), "{cgroup} left");
+    }
     Ok(())
 }
 
@@ -1127,6 +1132,49 @@ pub async fn missing_command_fails_and_leaves_nothing(lab: &mut Lab) -> Result<(
             "rootfs mount left"
         );
     }
+    remove_pod(lab, &pod_id).await?;
+    Ok(())
+}
+
+/// The kubelet rotates a log by renaming it and calling ReopenContainerLog: new lines go
+/// to a new file at the same path, in the same format.
+pub async fn reopen_container_log_after_rotation(lab: &mut Lab) -> Result<()> {
+    let pod_id = run_pod(lab, "rotate").await?;
+    let config = container_config(
+        lab,
+        "chatty",
+        &[
+            "sh",
+            "-c",
+            "i=0; while true; do echo line-$i; i=$((i+1)); sleep 0.1; done",
+        ],
+    );
+    let id = create(lab, (&pod_id, "rotate"), config).await?;
+    start(lab, &id).await?;
+    let log = lab.dir.path().join("logs/rotate/chatty.log");
+    wait_log(&log, "line-1").await?;
+    let rotated = lab.dir.path().join("logs/rotate/chatty.log.1");
+    std::fs::rename(&log, &rotated)?;
+    lab.runtime
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let fresh = log_entries(&log).unwrap_or_default();
+        if fresh
+            .iter()
+            .any(|(s, _, c)| s == "stdout" && c.starts_with("line-"))
+        {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("nothing written to the reopened log: {fresh:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(!log_entries(&rotated)?.is_empty());
     remove_pod(lab, &pod_id).await?;
     Ok(())
 }

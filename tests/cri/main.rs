@@ -75,4 +75,5 @@ cases!(
     container_limits_reach_the_cgroup,
     broken_image_archive_is_refused,
     missing_command_fails_and_leaves_nothing,
+    reopen_container_log_after_rotation,
 );

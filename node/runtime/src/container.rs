@@ -103,6 +103,16 @@ pub enum Phase {
     Running,
     /// Exited.
     Exited(Exit),
+    /// Started, but neither its process nor its shim is alive and no exit was recorded
+    /// (the shim was killed).
+    Unknown,
+}
+
+fn pid_alive(path: &Path) -> bool {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// All containers.
@@ -244,11 +254,54 @@ impl Containers {
         {
             return Phase::Exited(exit);
         }
-        if record.started_at > 0 {
-            Phase::Running
-        } else {
-            Phase::Created
+        if record.started_at == 0 {
+            return Phase::Created;
         }
+        // The shim writes the exit right after reaping, so while it lives the container
+        // counts as running.
+        if pid_alive(&dir.join("pid")) || pid_alive(&dir.join("shim.pid")) {
+            return Phase::Running;
+        }
+        // It may have finished between the two reads.
+        if let Ok(bytes) = std::fs::read(dir.join("exit.json"))
+            && let Ok(exit) = serde_json::from_slice::<Exit>(&bytes)
+        {
+            return Phase::Exited(exit);
+        }
+        Phase::Unknown
+    }
+
+    /// ReopenContainerLog: the shim reopens the log path (after the kubelet rotated it).
+    pub fn reopen_log(&self, id: &str) -> Result<(), ContainerError> {
+        let record = self.get(id)?;
+        if self.phase(&record) != Phase::Running {
+            return Err(ContainerError::WrongState(record.id, "not running"));
+        }
+        if record.log_path.is_empty() {
+            return Ok(());
+        }
+        let dir = self.container_dir(&record.id);
+        let pid = std::fs::read_to_string(dir.join("shim.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .ok_or_else(|| ContainerError::Runtime("no shim pid".into()))?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .map_err(|e| ContainerError::Runtime(format!("signalling the shim: {e}")))?;
+        let path = Path::new(&record.log_path);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !path.exists() {
+            if Instant::now() >= deadline {
+                return Err(ContainerError::Runtime(format!(
+                    "the shim did not reopen {}",
+                    path.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
     }
 
     /// CreateContainer in a ready sandbox.
@@ -471,7 +524,9 @@ impl Containers {
         match self.phase(&record) {
             Phase::Created => {}
             Phase::Running => return Err(ContainerError::WrongState(record.id, "running")),
-            Phase::Exited(_) => return Err(ContainerError::WrongState(record.id, "exited")),
+            Phase::Exited(_) | Phase::Unknown => {
+                return Err(ContainerError::WrongState(record.id, "exited"));
+            }
         }
         self.runc_ok(&["start", &record.id])?;
         record.started_at = now_nanos();
@@ -497,7 +552,7 @@ impl Containers {
     pub fn stop(&self, id: &str, timeout: Duration) -> Result<(), ContainerError> {
         let record = self.get(id)?;
         let started = match self.phase(&record) {
-            Phase::Exited(_) => return Ok(()),
+            Phase::Exited(_) | Phase::Unknown => return Ok(()),
             Phase::Created => false,
             Phase::Running => true,
         };
@@ -560,8 +615,8 @@ impl Containers {
         resources: &cri::LinuxContainerResources,
     ) -> Result<(), ContainerError> {
         let record = self.get(id)?;
-        if let Phase::Exited(_) = self.phase(&record) {
-            return Err(ContainerError::WrongState(record.id, "exited"));
+        if let Phase::Exited(_) | Phase::Unknown = self.phase(&record) {
+            return Err(ContainerError::WrongState(record.id, "not running"));
         }
         let mut args = vec!["update".to_string()];
         let mut flag = |name: &str, value: i64| {

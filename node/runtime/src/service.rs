@@ -89,6 +89,7 @@ fn container_state(phase: &Phase) -> i32 {
         Phase::Created => cri::ContainerState::ContainerCreated as i32,
         Phase::Running => cri::ContainerState::ContainerRunning as i32,
         Phase::Exited(_) => cri::ContainerState::ContainerExited as i32,
+        Phase::Unknown => cri::ContainerState::ContainerUnknown as i32,
     }
 }
 
@@ -720,9 +721,12 @@ impl RuntimeService for Runtime {
     }
     async fn reopen_container_log(
         &self,
-        _r: Request<cri::ReopenContainerLogRequest>,
+        request: Request<cri::ReopenContainerLogRequest>,
     ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
-        unimplemented("ReopenContainerLog")
+        let id = request.into_inner().container_id;
+        let containers = self.containers.clone();
+        blocking_container(move || Ok(containers.reopen_log(&id)?)).await?;
+        Ok(Response::new(cri::ReopenContainerLogResponse {}))
     }
     async fn exec_sync(
         &self,

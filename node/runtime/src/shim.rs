@@ -2,7 +2,8 @@
 //! re-executed, in its own process group so a runtime restart leaves it running), like
 //! conmon or containerd-shim: it becomes a child subreaper, runs `runc create` with the
 //! container's stdout/stderr on pipes it holds, reports creation through
-//! `<dir>/created`, writes the CRI log (`<RFC3339Nano> <stream> <F|P> <content>`), waits
+//! `<dir>/created`, writes the CRI log (`<RFC3339Nano> <stream> <F|P> <content>`;
+//! SIGUSR1 reopens it, for ReopenContainerLog), waits
 //! for the container's init and records its exit in `<dir>/exit.json` (with OOM kills
 //! read from the memory cgroup).
 
@@ -160,6 +161,10 @@ pub fn run(args: &ShimArgs) -> i32 {
 fn monitor(args: &ShimArgs, created: &Path) -> Result<(), ShimError> {
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| ShimError::Sys("PR_SET_CHILD_SUBREAPER", e))?;
+    write_atomic(
+        &args.dir.join("shim.pid"),
+        std::process::id().to_string().as_bytes(),
+    )?;
     if let Some(parent) = args.log_path.parent() {
         std::fs::create_dir_all(parent)
             .map_err(|e| ShimError::Io(parent.display().to_string(), e))?;
@@ -199,6 +204,29 @@ fn monitor(args: &ShimArgs, created: &Path) -> Result<(), ShimError> {
         .trim()
         .parse()
         .map_err(|_| ShimError::Create("unreadable pid file".into()))?;
+    // SIGUSR1 = ReopenContainerLog. Blocked only now, after `runc create` (a blocked
+    // mask is inherited across exec), and before any other thread exists, so the
+    // waiting thread is the only one it can reach.
+    let mut usr1 = nix::sys::signal::SigSet::empty();
+    usr1.add(nix::sys::signal::Signal::SIGUSR1);
+    usr1.thread_block()
+        .map_err(|e| ShimError::Sys("blocking SIGUSR1", e))?;
+    {
+        let log = log.clone();
+        let path = args.log_path.clone();
+        std::thread::spawn(move || {
+            while usr1.wait().is_ok() {
+                match std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                {
+                    Ok(file) => *log.lock().unwrap_or_else(|p| p.into_inner()) = file,
+                    Err(e) => eprintln!("reopening {}: {e}", path.display()),
+                }
+            }
+        });
+    }
     let out = {
         let log = log.clone();
         std::thread::spawn(move || pump("stdout", out_r, log))

@@ -196,3 +196,53 @@ fn spec_joins_the_sandbox_and_carries_limits() {
     );
     assert!(mounts.iter().any(|m| m["destination"] == "/etc/hosts"));
 }
+
+#[test]
+fn phase_comes_from_the_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = ImageStore::open(dir.path()).expect("store");
+    let containers =
+        Containers::open(dir.path(), "runc".into(), "shim".into(), store).expect("open");
+    let mut record = Record {
+        id: "c1".into(),
+        sandbox_id: "s".into(),
+        name: "c".into(),
+        attempt: 0,
+        image: String::new(),
+        image_id: String::new(),
+        image_ref: String::new(),
+        labels: HashMap::new(),
+        annotations: HashMap::new(),
+        created_at: 1,
+        started_at: 0,
+        log_path: String::new(),
+        mounts: Vec::new(),
+        cgroup: String::new(),
+        name_key: "k".into(),
+    };
+    let state = dir.path().join("containers/c1");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    assert_eq!(containers.phase(&record), Phase::Created);
+    record.started_at = 2;
+    // Started, nobody alive, no exit recorded: the shim died.
+    assert_eq!(containers.phase(&record), Phase::Unknown);
+    std::fs::write(state.join("shim.pid"), std::process::id().to_string()).expect("pid");
+    assert_eq!(containers.phase(&record), Phase::Running);
+    let exit = Exit {
+        code: 3,
+        finished_at: 4,
+        oom_killed: false,
+    };
+    std::fs::write(
+        state.join("exit.json"),
+        serde_json::to_vec(&exit).expect("json"),
+    )
+    .expect("exit");
+    assert_eq!(containers.phase(&record), Phase::Exited(exit));
+    // Records survive a reopen.
+    containers.save(&record).expect("save");
+    let store = ImageStore::open(dir.path()).expect("store");
+    let reopened =
+        Containers::open(dir.path(), "runc".into(), "shim".into(), store).expect("reopen");
+    assert_eq!(reopened.get("c1").expect("get").started_at, 2);
+}
