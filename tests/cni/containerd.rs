@@ -83,6 +83,12 @@ fn containerd_runs_pods_on_our_network() -> Result<()> {
                         attempt: 0,
                     }),
                     hostname: name.into(),
+                    // Under the lab's cgroup (removed with the lab), not containerd's
+                    // default `/k8s.io`, which would outlive the test.
+                    linux: Some(k8s_cri::v1::LinuxPodSandboxConfig {
+                        cgroup_parent: format!("{}/pod-{name}", lab.cgroup_parent()),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 };
                 let id = tokio::time::timeout(

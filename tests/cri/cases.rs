@@ -1178,3 +1178,73 @@ pub async fn reopen_container_log_after_rotation(lab: &mut Lab) -> Result<()> {
     remove_pod(lab, &pod_id).await?;
     Ok(())
 }
+
+/// ContainerStats and ListContainerStats report CPU time and memory of a running
+/// container that has done some work.
+pub async fn container_stats(lab: &mut Lab) -> Result<()> {
+    let pod_id = run_pod(lab, "stats").await?;
+    let config = container_config(
+        lab,
+        "busy",
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; echo busy-done; sleep 3600",
+        ],
+    );
+    let id = create(lab, (&pod_id, "stats"), config).await?;
+    start(lab, &id).await?;
+    wait_log(&lab.dir.path().join("logs/stats/busy.log"), "busy-done").await?;
+    let stats = lab
+        .runtime
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: id.clone(),
+        })
+        .await?
+        .into_inner()
+        .stats
+        .context("no stats")?;
+    ensure!(
+        stats.attributes.as_ref().map(|a| a.id.as_str()) == Some(id.as_str()),
+        "{stats:?}"
+    );
+    let cpu = stats
+        .cpu
+        .as_ref()
+        .and_then(|c| c.usage_core_nano_seconds.as_ref())
+        .map(|v| v.value);
+    ensure!(cpu.is_some_and(|ns| ns > 0), "{stats:?}");
+    let memory = stats
+        .memory
+        .as_ref()
+        .and_then(|m| m.working_set_bytes.as_ref())
+        .map(|v| v.value);
+    ensure!(memory.is_some_and(|b| b > 0), "{stats:?}");
+    let listed = lab
+        .runtime
+        .list_container_stats(cri::ListContainerStatsRequest {
+            filter: Some(cri::ContainerStatsFilter {
+                pod_sandbox_id: pod_id.clone(),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .stats;
+    ensure!(
+        listed
+            .iter()
+            .any(|s| s.attributes.as_ref().is_some_and(|a| a.id == id)),
+        "{listed:?}"
+    );
+    is_code(
+        lab.runtime
+            .container_stats(cri::ContainerStatsRequest {
+                container_id: "0123456789abcdef0123456789abcdef".into(),
+            })
+            .await,
+        tonic::Code::NotFound,
+    )?;
+    remove_pod(lab, &pod_id).await?;
+    Ok(())
+}

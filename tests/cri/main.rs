@@ -76,4 +76,5 @@ cases!(
     broken_image_archive_is_refused,
     missing_command_fails_and_leaves_nothing,
     reopen_container_log_after_rotation,
+    container_stats,
 );

@@ -143,6 +143,45 @@ fn container_status(record: &Record, phase: &Phase) -> cri::ContainerStatus {
     }
 }
 
+fn container_stats(record: &Record, usage: &crate::container::Usage) -> cri::ContainerStats {
+    let now = now_nanos();
+    let value = |v: Option<u64>| v.map(|value| cri::UInt64Value { value });
+    cri::ContainerStats {
+        attributes: Some(cri::ContainerAttributes {
+            id: record.id.clone(),
+            metadata: Some(cri::ContainerMetadata {
+                name: record.name.clone(),
+                attempt: record.attempt,
+            }),
+            labels: record.labels.clone(),
+            annotations: record.annotations.clone(),
+        }),
+        cpu: Some(cri::CpuUsage {
+            timestamp: now,
+            usage_core_nano_seconds: value(usage.cpu_ns),
+            usage_nano_cores: None,
+        }),
+        memory: Some(cri::MemoryUsage {
+            timestamp: now,
+            working_set_bytes: value(usage.working_set),
+            available_bytes: None,
+            usage_bytes: value(usage.memory_usage),
+            rss_bytes: value(usage.rss),
+            page_faults: value(usage.page_faults),
+            major_page_faults: value(usage.major_page_faults),
+        }),
+        writable_layer: Some(cri::FilesystemUsage {
+            timestamp: now,
+            fs_id: Some(cri::FilesystemIdentifier {
+                mountpoint: usage.writable_dir.display().to_string(),
+            }),
+            used_bytes: value(Some(usage.writable_bytes)),
+            inodes_used: value(Some(usage.writable_inodes)),
+        }),
+        swap: None,
+    }
+}
+
 async fn blocking_sandbox<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, SandboxError> + Send + 'static,
 ) -> Result<T, Status> {
@@ -768,15 +807,47 @@ impl RuntimeService for Runtime {
     }
     async fn container_stats(
         &self,
-        _r: Request<cri::ContainerStatsRequest>,
+        request: Request<cri::ContainerStatsRequest>,
     ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        unimplemented("ContainerStats")
+        let id = request.into_inner().container_id;
+        let containers = self.containers.clone();
+        let stats = blocking_container(move || {
+            let record = containers.get(&id)?;
+            Ok(container_stats(&record, &containers.usage(&record)))
+        })
+        .await?;
+        Ok(Response::new(cri::ContainerStatsResponse {
+            stats: Some(stats),
+        }))
     }
     async fn list_container_stats(
         &self,
-        _r: Request<cri::ListContainerStatsRequest>,
+        request: Request<cri::ListContainerStatsRequest>,
     ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-        unimplemented("ListContainerStats")
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let containers = self.containers.clone();
+        let stats = blocking_container(move || {
+            Ok(containers
+                .list()
+                .into_iter()
+                .filter(|r| filter.id.is_empty() || r.id.starts_with(&filter.id))
+                .filter(|r| {
+                    filter.pod_sandbox_id.is_empty()
+                        || r.sandbox_id.starts_with(&filter.pod_sandbox_id)
+                })
+                .filter(|r| {
+                    filter
+                        .label_selector
+                        .iter()
+                        .all(|(k, v)| r.labels.get(k) == Some(v))
+                })
+                // Stats come from a live cgroup: running containers only.
+                .filter(|r| containers.phase(r) == Phase::Running)
+                .map(|r| container_stats(&r, &containers.usage(&r)))
+                .collect())
+        })
+        .await?;
+        Ok(Response::new(cri::ListContainerStatsResponse { stats }))
     }
     async fn pod_sandbox_stats(
         &self,
