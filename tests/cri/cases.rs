@@ -1248,3 +1248,124 @@ pub async fn container_stats(lab: &mut Lab) -> Result<()> {
     remove_pod(lab, &pod_id).await?;
     Ok(())
 }
+
+/// Env, working dir, user, CRI mounts (read-only and read-write) and the sandbox's DNS
+/// config as seen from inside the container.
+pub async fn container_sees_env_workdir_user_mounts_and_dns(lab: &mut Lab) -> Result<()> {
+    let mut pod = pod_config(lab, "inside");
+    pod.dns_config = Some(cri::DnsConfig {
+        servers: vec!["10.96.0.10".into()],
+        searches: vec![
+            "default.svc.cluster.local".into(),
+            "svc.cluster.local".into(),
+        ],
+        options: vec!["ndots:5".into()],
+    });
+    let pod_id = lab
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let shared = lab.dir.path().join("shared");
+    let readonly = lab.dir.path().join("readonly");
+    std::fs::create_dir_all(&shared)?;
+    std::fs::create_dir_all(&readonly)?;
+    std::fs::write(readonly.join("config"), "from-the-host")?;
+    // The container's user must be able to write the rw mount.
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
+    let mut config = container_config(lab, "main", &["sleep", "3600"]);
+    config.envs = vec![cri::KeyValue {
+        key: "GREETING".into(),
+        value: "hello world".into(),
+    }];
+    config.working_dir = "/tmp".into();
+    config.mounts = vec![
+        cri::Mount {
+            container_path: "/shared".into(),
+            host_path: shared.display().to_string(),
+            ..Default::default()
+        },
+        cri::Mount {
+            container_path: "/config".into(),
+            host_path: readonly.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        },
+    ];
+    config.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: 1234 }),
+            run_as_group: Some(cri::Int64Value { value: 4321 }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = lab
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    start(lab, &id).await?;
+    let out = exec_stdout(
+        lab,
+        &id,
+        &["sh", "-c", "echo \"$GREETING\"; pwd; id -u; id -g; cat /config/config; echo; echo written > /shared/out"],
+    )
+    .await?;
+    ensure!(
+        out.lines().collect::<Vec<_>>() == ["hello world", "/tmp", "1234", "4321", "from-the-host"],
+        "{out:?}"
+    );
+    ensure!(std::fs::read_to_string(shared.join("out"))? == "written\n");
+    let denied = lab
+        .runtime
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "echo x > /config/new".into()],
+            timeout: 10,
+        })
+        .await?
+        .into_inner();
+    ensure!(
+        denied.exit_code != 0,
+        "wrote into a read-only mount: {denied:?}"
+    );
+    ensure!(!readonly.join("new").exists());
+    let resolv = exec_stdout(lab, &id, &["cat", "/etc/resolv.conf"]).await?;
+    for want in [
+        "nameserver 10.96.0.10",
+        "search default.svc.cluster.local svc.cluster.local",
+        "options ndots:5",
+    ] {
+        ensure!(
+            resolv.lines().any(|l| l.trim() == want),
+            "{want:?} not in {resolv:?}"
+        );
+    }
+    remove_pod(lab, &pod_id).await?;
+    Ok(())
+}
+
+pub async fn unknown_runtime_handler_is_refused(lab: &mut Lab) -> Result<()> {
+    let config = pod_config(lab, "handler");
+    let result = lab
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: "no-such-handler".into(),
+        })
+        .await;
+    ensure!(result.is_err(), "{result:?}");
+    ensure!(list_pods(lab, Default::default()).await?.is_empty());
+    ensure!(allocated(&lab.ipam_dir()).is_empty());
+    Ok(())
+}

@@ -77,4 +77,6 @@ cases!(
     missing_command_fails_and_leaves_nothing,
     reopen_container_log_after_rotation,
     container_stats,
+    container_sees_env_workdir_user_mounts_and_dns,
+    unknown_runtime_handler_is_refused,
 );

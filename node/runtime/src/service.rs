@@ -204,6 +204,12 @@ const NAMESPACE_MODE_NODE: i32 = 2;
 /// Decodes RunPodSandbox's config.
 fn sandbox_spec(config: Option<cri::PodSandboxConfig>, handler: String) -> Result<Spec, Status> {
     let config = config.ok_or_else(|| Status::invalid_argument("config is required"))?;
+    // One handler: the configured OCI runtime, named "runc" as in containerd's default.
+    if !handler.is_empty() && handler != "runc" {
+        return Err(Status::invalid_argument(format!(
+            "no runtime for {handler:?} is configured (only \"runc\")"
+        )));
+    }
     let metadata = config
         .metadata
         .ok_or_else(|| Status::invalid_argument("config.metadata is required"))?;
