@@ -3,9 +3,11 @@
 //! Today it runs the API server on its state store (`ferrokube server`), prints the admin
 //! kubeconfig (`ferrokube kubeconfig`) and administers the store directly
 //! (`ferrokube store ...`), runs the built-in CRI server (`ferrokube runtime`) and manages
-//! its images (`ferrokube images ...`); the node agent and tools arrive as their issues land.
+//! its images (`ferrokube images ...`), and speaks CRI to any runtime (`ferrokube crictl`);
+//! the node agent and tools arrive as their issues land.
 
 mod cni_cmd;
+mod crictl_cmd;
 mod proxy_cmd;
 mod runtime_cmd;
 mod server;
@@ -51,6 +53,8 @@ enum Command {
     /// The per-container monitor started by `ferrokube runtime`.
     #[command(hide = true)]
     RuntimeShim(runtime_cmd::ShimArgs),
+    /// A small CRI client for any runtime socket (ours or containerd).
+    Crictl(crictl_cmd::CrictlArgs),
     /// Manage the built-in runtime's image store directly.
     #[command(subcommand)]
     Images(runtime_cmd::ImagesCommand),
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
             Command::Runtime(args) => runtime_cmd::run(args).await,
             Command::Images(command) => runtime_cmd::images(command),
             Command::RuntimeShim(_) => Ok(()),
+            Command::Crictl(args) => crictl_cmd::run(args).await,
         }
     });
     match result {

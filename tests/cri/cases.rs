@@ -1369,3 +1369,61 @@ pub async fn unknown_runtime_handler_is_refused(lab: &mut Lab) -> Result<()> {
     ensure!(allocated(&lab.ipam_dir()).is_empty());
     Ok(())
 }
+
+/// `ferrokube crictl` against the runtime's socket: lists, inspects, execs, reads logs,
+/// stops and removes.
+pub async fn crictl_drives_the_runtime(lab: &mut Lab) -> Result<()> {
+    let socket = format!("unix://{}", lab.dir.path().join("cri.sock").display());
+    let crictl = |args: &[&str]| -> Result<String> {
+        crate::harness::run(
+            std::process::Command::new(crate::harness::BIN)
+                .args(["crictl", "--runtime-endpoint", &socket])
+                .args(args),
+        )
+    };
+    let version = tokio::task::block_in_place(|| crictl(&["version"]))?;
+    ensure!(version.contains("RuntimeApiVersion:  v1"), "{version}");
+    let images = tokio::task::block_in_place(|| crictl(&["images"]))?;
+    ensure!(
+        images
+            .lines()
+            .any(|l| l.starts_with("docker.io/library/fkbusybox") && l.contains("latest")),
+        "{images}"
+    );
+    let pod_id = run_pod(lab, "cli").await?;
+    let id = create(
+        lab,
+        (&pod_id, "cli"),
+        container_config(
+            lab,
+            "main",
+            &["sh", "-c", "echo from-main; echo to-err >&2; sleep 3600"],
+        ),
+    )
+    .await?;
+    start(lab, &id).await?;
+    wait_log(&lab.dir.path().join("logs/cli/main.log"), "from-main").await?;
+    let pods = tokio::task::block_in_place(|| crictl(&["pods"]))?;
+    ensure!(
+        pods.contains(&pod_id[..13]) && pods.contains("Ready"),
+        "{pods}"
+    );
+    let ps = tokio::task::block_in_place(|| crictl(&["ps"]))?;
+    ensure!(ps.contains(&id[..13]) && ps.contains("Running"), "{ps}");
+    let inspect = tokio::task::block_in_place(|| crictl(&["inspect", &id]))?;
+    let inspect: Value = serde_json::from_str(&inspect)?;
+    ensure!(inspect["status"]["id"] == id.as_str(), "{inspect}");
+    let out = tokio::task::block_in_place(|| crictl(&["exec", &id, "echo", "via-crictl"]))?;
+    ensure!(out == "via-crictl\n", "{out:?}");
+    let logs = tokio::task::block_in_place(|| crictl(&["logs", &id]))?;
+    ensure!(logs == "from-main\n", "{logs:?}");
+    tokio::task::block_in_place(|| crictl(&["stop", "--grace", "1", &id]))?;
+    let ps = tokio::task::block_in_place(|| crictl(&["ps", "-a"]))?;
+    ensure!(ps.contains("Exited"), "{ps}");
+    tokio::task::block_in_place(|| crictl(&["rm", &id]))?;
+    tokio::task::block_in_place(|| crictl(&["stopp", &pod_id]))?;
+    tokio::task::block_in_place(|| crictl(&["rmp", &pod_id]))?;
+    let pods = tokio::task::block_in_place(|| crictl(&["pods"]))?;
+    ensure!(!pods.contains(&pod_id[..13]), "{pods}");
+    Ok(())
+}
