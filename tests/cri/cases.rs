@@ -54,6 +54,22 @@ pub async fn version_and_status(lab: &mut Lab) -> Result<()> {
     };
     ensure!(ready("RuntimeReady"), "{status:?}");
     ensure!(ready("NetworkReady"), "{status:?}");
+    // RuntimeConfig (CRI 1.28+; containerd 1.6 predates it): the cgroup driver the
+    // kubelet must match is cgroupfs on these machines.
+    match lab
+        .runtime
+        .runtime_config(cri::RuntimeConfigRequest::default())
+        .await
+    {
+        Ok(config) => {
+            let driver = config.into_inner().linux.map(|l| l.cgroup_driver);
+            ensure!(
+                driver == Some(cri::CgroupDriver::Cgroupfs as i32),
+                "cgroup driver {driver:?}"
+            );
+        }
+        Err(status) => ensure!(status.code() == tonic::Code::Unimplemented, "{status:?}"),
+    }
     Ok(())
 }
 
@@ -1425,5 +1441,67 @@ pub async fn crictl_drives_the_runtime(lab: &mut Lab) -> Result<()> {
     tokio::task::block_in_place(|| crictl(&["rmp", &pod_id]))?;
     let pods = tokio::task::block_in_place(|| crictl(&["pods"]))?;
     ensure!(!pods.contains(&pod_id[..13]), "{pods}");
+    Ok(())
+}
+
+/// PodSandboxStats: the pod's CPU and memory, and its running container's stats.
+pub async fn pod_sandbox_stats(lab: &mut Lab) -> Result<()> {
+    let pod_id = run_pod(lab, "podstats").await?;
+    let config = container_config(
+        lab,
+        "busy",
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; echo busy-done; sleep 3600",
+        ],
+    );
+    let id = create(lab, (&pod_id, "podstats"), config).await?;
+    start(lab, &id).await?;
+    wait_log(&lab.dir.path().join("logs/podstats/busy.log"), "busy-done").await?;
+    let stats = lab
+        .runtime
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await?
+        .into_inner()
+        .stats
+        .context("no stats")?;
+    ensure!(
+        stats.attributes.as_ref().map(|a| a.id.as_str()) == Some(pod_id.as_str()),
+        "{stats:?}"
+    );
+    let linux = stats.linux.as_ref().context("no linux stats")?;
+    let cpu = linux
+        .cpu
+        .as_ref()
+        .and_then(|c| c.usage_core_nano_seconds.as_ref())
+        .map(|v| v.value);
+    ensure!(cpu.is_some_and(|ns| ns > 0), "{stats:?}");
+    let memory = linux
+        .memory
+        .as_ref()
+        .and_then(|m| m.working_set_bytes.as_ref())
+        .map(|v| v.value);
+    ensure!(memory.is_some_and(|b| b > 0), "{stats:?}");
+    ensure!(
+        linux
+            .containers
+            .iter()
+            .any(|c| c.attributes.as_ref().is_some_and(|a| a.id == id)),
+        "{stats:?}"
+    );
+    if lab.kind == crate::harness::Kind::Ours {
+        let eth0 = linux
+            .network
+            .as_ref()
+            .and_then(|n| n.default_interface.as_ref());
+        ensure!(
+            eth0.is_some_and(|i| i.name == "eth0" && i.rx_bytes.is_some()),
+            "{stats:?}"
+        );
+    }
+    remove_pod(lab, &pod_id).await?;
     Ok(())
 }

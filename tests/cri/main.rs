@@ -80,4 +80,5 @@ cases!(
     container_sees_env_workdir_user_mounts_and_dns,
     unknown_runtime_handler_is_refused,
     crictl_drives_the_runtime,
+    pod_sandbox_stats,
 );

@@ -111,18 +111,8 @@ pub enum Phase {
 /// Resource usage of one container.
 #[derive(Debug, Clone, Default)]
 pub struct Usage {
-    /// cpuacct.usage (ns).
-    pub cpu_ns: Option<u64>,
-    /// memory.usage_in_bytes.
-    pub memory_usage: Option<u64>,
-    /// Usage minus inactive file pages (what the kubelet evicts on).
-    pub working_set: Option<u64>,
-    /// total_rss.
-    pub rss: Option<u64>,
-    /// total_pgfault.
-    pub page_faults: Option<u64>,
-    /// total_pgmajfault.
-    pub major_page_faults: Option<u64>,
+    /// CPU and memory of its cgroup.
+    pub cgroup: crate::host::CgroupUsage,
     /// The writable layer's directory.
     pub writable_dir: PathBuf,
     /// Bytes it uses.
@@ -297,29 +287,7 @@ impl Containers {
     /// CPU and memory from the container's cgroup v1 files, and its writable layer (the
     /// overlay upper directory).
     pub fn usage(&self, record: &Record) -> Usage {
-        let mounts = crate::host::cgroup_v1_mounts();
-        let file = |controller: &str, name: &str| -> Option<String> {
-            let mount = mounts.iter().find(|m| {
-                m.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.split(',').any(|c| c == controller))
-            })?;
-            std::fs::read_to_string(mount.join(record.cgroup.trim_start_matches('/')).join(name))
-                .ok()
-        };
-        let cpu_ns = file("cpuacct", "cpuacct.usage").and_then(|v| v.trim().parse().ok());
-        let memory_usage: Option<u64> =
-            file("memory", "memory.usage_in_bytes").and_then(|v| v.trim().parse().ok());
-        let stat: HashMap<String, u64> = file("memory", "memory.stat")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let (k, v) = l.split_once(' ')?;
-                Some((k.to_string(), v.trim().parse().ok()?))
-            })
-            .collect();
-        let working_set = memory_usage
-            .map(|u| u.saturating_sub(stat.get("total_inactive_file").copied().unwrap_or(0)));
+        let cgroup = crate::host::cgroup_usage(&record.cgroup);
         let upper = self.container_dir(&record.id).join("upper");
         let (mut bytes, mut inodes) = (0u64, 0u64);
         let mut stack = vec![upper.clone()];
@@ -336,12 +304,7 @@ impl Containers {
             }
         }
         Usage {
-            cpu_ns,
-            memory_usage,
-            working_set,
-            rss: stat.get("total_rss").copied(),
-            page_faults: stat.get("total_pgfault").copied(),
-            major_page_faults: stat.get("total_pgmajfault").copied(),
+            cgroup,
             writable_dir: upper,
             writable_bytes: bytes,
             writable_inodes: inodes,

@@ -144,3 +144,105 @@ impl Host for LinuxHost {
         Ok(())
     }
 }
+
+/// CPU, memory and process counts of a cgroup (v1 files), for stats.
+#[derive(Debug, Clone, Default)]
+pub struct CgroupUsage {
+    /// cpuacct.usage (ns).
+    pub cpu_ns: Option<u64>,
+    /// memory.usage_in_bytes.
+    pub memory_usage: Option<u64>,
+    /// Usage minus inactive file pages (what the kubelet evicts on).
+    pub working_set: Option<u64>,
+    /// total_rss.
+    pub rss: Option<u64>,
+    /// total_pgfault.
+    pub page_faults: Option<u64>,
+    /// total_pgmajfault.
+    pub major_page_faults: Option<u64>,
+    /// pids.current.
+    pub processes: Option<u64>,
+}
+
+/// Reads a cgroup's usage from the v1 hierarchies (missing files give `None`).
+pub fn cgroup_usage(cgroup: &str) -> CgroupUsage {
+    let mounts = cgroup_v1_mounts();
+    let file = |controller: &str, name: &str| -> Option<String> {
+        let mount = mounts.iter().find(|m| {
+            m.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.split(',').any(|c| c == controller))
+        })?;
+        std::fs::read_to_string(mount.join(cgroup.trim_start_matches('/')).join(name)).ok()
+    };
+    let number = |controller: &str, name: &str| -> Option<u64> {
+        file(controller, name).and_then(|v| v.trim().parse().ok())
+    };
+    let stat: std::collections::HashMap<String, u64> = file("memory", "memory.stat")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect();
+    let memory_usage = number("memory", "memory.usage_in_bytes");
+    CgroupUsage {
+        cpu_ns: number("cpuacct", "cpuacct.usage"),
+        memory_usage,
+        working_set: memory_usage
+            .map(|u| u.saturating_sub(stat.get("total_inactive_file").copied().unwrap_or(0))),
+        rss: stat.get("total_rss").copied(),
+        page_faults: stat.get("total_pgfault").copied(),
+        major_page_faults: stat.get("total_pgmajfault").copied(),
+        processes: number("pids", "pids.current"),
+    }
+}
+
+/// Counters of one interface.
+#[derive(Debug, Clone, Default)]
+pub struct InterfaceCounters {
+    /// Interface name.
+    pub name: String,
+    /// Received bytes.
+    pub rx_bytes: u64,
+    /// Receive errors.
+    pub rx_errors: u64,
+    /// Sent bytes.
+    pub tx_bytes: u64,
+    /// Send errors.
+    pub tx_errors: u64,
+}
+
+/// Per-interface counters in a network namespace, read from
+/// `/proc/thread-self/net/dev` on a thread that entered it.
+pub fn interface_counters(netns: &Path) -> Option<Vec<InterfaceCounters>> {
+    let netns = netns.to_path_buf();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&netns).ok()?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+        let text = std::fs::read_to_string("/proc/thread-self/net/dev").ok()?;
+        Some(
+            text.lines()
+                .skip(2)
+                .filter_map(|line| {
+                    let (name, rest) = line.split_once(':')?;
+                    let f: Vec<u64> = rest
+                        .split_whitespace()
+                        .filter_map(|v| v.parse().ok())
+                        .collect();
+                    Some(InterfaceCounters {
+                        name: name.trim().to_string(),
+                        rx_bytes: *f.first()?,
+                        rx_errors: *f.get(2)?,
+                        tx_bytes: *f.get(8)?,
+                        tx_errors: *f.get(10)?,
+                    })
+                })
+                .collect(),
+        )
+    })
+    .join()
+    .ok()
+    .flatten()
+}

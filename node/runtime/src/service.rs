@@ -143,6 +143,76 @@ fn container_status(record: &Record, phase: &Phase) -> cri::ContainerStatus {
     }
 }
 
+fn cpu_usage(usage: &crate::host::CgroupUsage, now: i64) -> cri::CpuUsage {
+    cri::CpuUsage {
+        timestamp: now,
+        usage_core_nano_seconds: usage.cpu_ns.map(|value| cri::UInt64Value { value }),
+        usage_nano_cores: None,
+    }
+}
+
+fn memory_usage(usage: &crate::host::CgroupUsage, now: i64) -> cri::MemoryUsage {
+    let value = |v: Option<u64>| v.map(|value| cri::UInt64Value { value });
+    cri::MemoryUsage {
+        timestamp: now,
+        working_set_bytes: value(usage.working_set),
+        available_bytes: None,
+        usage_bytes: value(usage.memory_usage),
+        rss_bytes: value(usage.rss),
+        page_faults: value(usage.page_faults),
+        major_page_faults: value(usage.major_page_faults),
+    }
+}
+
+/// Pod-level stats: the pod cgroup, the sandbox's interfaces, its running containers.
+fn sandbox_stats(sandbox: &Sandbox, containers: &Containers) -> cri::PodSandboxStats {
+    let now = now_nanos();
+    let usage = crate::host::cgroup_usage(&sandbox.cgroup);
+    let network = sandbox.namespace_path("net").and_then(|netns| {
+        let counters = crate::host::interface_counters(&netns)?;
+        let interfaces: Vec<cri::NetworkInterfaceUsage> = counters
+            .into_iter()
+            .filter(|c| c.name != "lo")
+            .map(|c| cri::NetworkInterfaceUsage {
+                name: c.name,
+                rx_bytes: Some(cri::UInt64Value { value: c.rx_bytes }),
+                rx_errors: Some(cri::UInt64Value { value: c.rx_errors }),
+                tx_bytes: Some(cri::UInt64Value { value: c.tx_bytes }),
+                tx_errors: Some(cri::UInt64Value { value: c.tx_errors }),
+            })
+            .collect();
+        Some(cri::NetworkUsage {
+            timestamp: now,
+            default_interface: interfaces.iter().find(|i| i.name == "eth0").cloned(),
+            interfaces,
+        })
+    });
+    cri::PodSandboxStats {
+        attributes: Some(cri::PodSandboxAttributes {
+            id: sandbox.id.clone(),
+            metadata: Some(cri_metadata(&sandbox.metadata)),
+            labels: sandbox.labels.clone(),
+            annotations: sandbox.annotations.clone(),
+        }),
+        linux: Some(cri::LinuxPodSandboxStats {
+            cpu: Some(cpu_usage(&usage, now)),
+            memory: Some(memory_usage(&usage, now)),
+            network,
+            process: Some(cri::ProcessUsage {
+                timestamp: now,
+                process_count: usage.processes.map(|value| cri::UInt64Value { value }),
+            }),
+            containers: containers
+                .list()
+                .into_iter()
+                .filter(|r| r.sandbox_id == sandbox.id && containers.phase(r) == Phase::Running)
+                .map(|r| container_stats(&r, &containers.usage(&r)))
+                .collect(),
+        }),
+        windows: None,
+    }
+}
+
 fn container_stats(record: &Record, usage: &crate::container::Usage) -> cri::ContainerStats {
     let now = now_nanos();
     let value = |v: Option<u64>| v.map(|value| cri::UInt64Value { value });
@@ -156,20 +226,8 @@ fn container_stats(record: &Record, usage: &crate::container::Usage) -> cri::Con
             labels: record.labels.clone(),
             annotations: record.annotations.clone(),
         }),
-        cpu: Some(cri::CpuUsage {
-            timestamp: now,
-            usage_core_nano_seconds: value(usage.cpu_ns),
-            usage_nano_cores: None,
-        }),
-        memory: Some(cri::MemoryUsage {
-            timestamp: now,
-            working_set_bytes: value(usage.working_set),
-            available_bytes: None,
-            usage_bytes: value(usage.memory_usage),
-            rss_bytes: value(usage.rss),
-            page_faults: value(usage.page_faults),
-            major_page_faults: value(usage.major_page_faults),
-        }),
+        cpu: Some(cpu_usage(&usage.cgroup, now)),
+        memory: Some(memory_usage(&usage.cgroup, now)),
         writable_layer: Some(cri::FilesystemUsage {
             timestamp: now,
             fs_id: Some(cri::FilesystemIdentifier {
@@ -857,15 +915,44 @@ impl RuntimeService for Runtime {
     }
     async fn pod_sandbox_stats(
         &self,
-        _r: Request<cri::PodSandboxStatsRequest>,
+        request: Request<cri::PodSandboxStatsRequest>,
     ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
-        unimplemented("PodSandboxStats")
+        let id = request.into_inner().pod_sandbox_id;
+        let sandboxes = self.sandboxes.clone();
+        let containers = self.containers.clone();
+        let stats = blocking_container(move || {
+            let sandbox = sandboxes.get(&id)?;
+            Ok(sandbox_stats(&sandbox, &containers))
+        })
+        .await?;
+        Ok(Response::new(cri::PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
     }
     async fn list_pod_sandbox_stats(
         &self,
-        _r: Request<cri::ListPodSandboxStatsRequest>,
+        request: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
-        unimplemented("ListPodSandboxStats")
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let sandboxes = self.sandboxes.clone();
+        let containers = self.containers.clone();
+        let stats = blocking_container(move || {
+            Ok(sandboxes
+                .list()
+                .into_iter()
+                .filter(|s| s.state == State::Ready)
+                .filter(|s| filter.id.is_empty() || s.id.starts_with(&filter.id))
+                .filter(|s| {
+                    filter
+                        .label_selector
+                        .iter()
+                        .all(|(k, v)| s.labels.get(k) == Some(v))
+                })
+                .map(|s| sandbox_stats(&s, &containers))
+                .collect())
+        })
+        .await?;
+        Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
     }
     async fn update_runtime_config(
         &self,
@@ -903,6 +990,11 @@ impl RuntimeService for Runtime {
         &self,
         _r: Request<cri::RuntimeConfigRequest>,
     ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
-        Ok(Response::new(cri::RuntimeConfigResponse::default()))
+        // cgroupfs paths (the default, SYSTEMD = 0, would tell the kubelet otherwise).
+        Ok(Response::new(cri::RuntimeConfigResponse {
+            linux: Some(cri::LinuxRuntimeConfiguration {
+                cgroup_driver: cri::CgroupDriver::Cgroupfs as i32,
+            }),
+        }))
     }
 }
