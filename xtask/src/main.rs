@@ -6,6 +6,7 @@
 //! - `bench store`: the store benchmark, embedded against etcd in one run;
 //! - `bench api`: the apiserver on both stores;
 //! - `bench cni`: pod ADD+DEL through our CNI plugin against the reference plugins;
+//! - `bench runtime`: pod + container lifecycle through CRI, ours against containerd;
 //! - `bench dataplane`: Service programming time, ferrokube's maps against kube-proxy's
 //!   iptables layout (needs root).
 
@@ -54,6 +55,13 @@ enum Bench {
         /// Seconds per latency point.
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
+    },
+    /// CRI runtime: RunPodSandbox, Create/Start/Stop container, Stop+Remove sandbox,
+    /// p50/p99 per phase, ours vs containerd 1.6.
+    Runtime {
+        /// Rounds per runtime.
+        #[arg(long, default_value_t = 30)]
+        rounds: usize,
     },
     /// CNI plugin: ADD then DEL per pod, p50/p99, ours vs reference bridge + host-local.
     Cni {
@@ -456,6 +464,11 @@ fn bench(which: Bench) -> Result<()> {
         Bench::Cni { pods } => {
             cargo_bench("ferrokube", "cni", &["--pods".into(), pods.to_string()])
         }
+        Bench::Runtime { rounds } => cargo_bench(
+            "ferrokube",
+            "runtime",
+            &["--rounds".into(), rounds.to_string()],
+        ),
         Bench::Dataplane { sizes } => {
             cargo_bench("ferrokube-proxy", "dataplane", &["--sizes".into(), sizes])
         }
