@@ -334,6 +334,14 @@ pub async fn sandbox_lifecycle(lab: &mut Lab) -> Result<()> {
     let ip = pod_ip(&status)?;
     ensure!(allocated(&lab.ipam_dir()).contains(&ip), "{ip} not in IPAM");
     ensure!(netns_path(&status)?.exists());
+    // Our plugin's routed layout: a host route to the pod while it lives.
+    let routes = lab.node.ip(&["route", "show"])?;
+    ensure!(
+        routes
+            .lines()
+            .any(|r| r.split_whitespace().next() == Some(&ip.to_string())),
+        "no host route to {ip}: {routes}"
+    );
     // Filters.
     ensure!(list_pods(lab, Default::default()).await? == vec![id.clone()]);
     let by_label = cri::PodSandboxFilter {
@@ -390,6 +398,13 @@ pub async fn sandbox_lifecycle(lab: &mut Lab) -> Result<()> {
     ensure!(list_pods(lab, Default::default()).await?.is_empty());
     let links = lab.node.ip(&["-o", "link", "show"])?;
     ensure!(!links.contains(" fk"), "host veths left: {links}");
+    let routes = lab.node.ip(&["route", "show"])?;
+    ensure!(
+        !routes
+            .lines()
+            .any(|r| r.split_whitespace().next() == Some(&ip.to_string())),
+        "host route to {ip} left: {routes}"
+    );
     if lab.kind == crate::harness::Kind::Ours {
         // We made the pod cgroup (containerd leaves it to whoever made the parent).
         let cgroup = format!("/sys/fs/cgroup/memory{}/pod-life", lab.cgroup_parent());
