@@ -30,6 +30,9 @@ pub struct RuntimeArgs {
     /// Cgroup (in each cgroup v1 hierarchy) holding pods whose config names no parent.
     #[arg(long, default_value = "ferrokube")]
     pub cgroup_root: String,
+    /// A registry (`host[:port]`) to pull from over plain HTTP; repeatable.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
 }
 
 /// The per-container monitor the runtime starts (not for humans).
@@ -88,6 +91,7 @@ pub async fn run(args: RuntimeArgs) -> Result<()> {
         cgroup_root: args.cgroup_root,
         oci_runtime: args.oci_runtime,
         shim: std::env::current_exe().context("locating the running binary")?,
+        insecure_registries: args.insecure_registries,
     };
     let shutdown = async {
         let mut term =

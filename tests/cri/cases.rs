@@ -1520,3 +1520,62 @@ pub async fn pod_sandbox_stats(lab: &mut Lab) -> Result<()> {
     remove_pod(lab, &pod_id).await?;
     Ok(())
 }
+
+/// PullImage from a registry (Debian's docker-registry in the lab namespace, plain HTTP):
+/// the image lands under its name with the pushed config as its ID, runs, and a missing
+/// tag is an error that adds nothing.
+pub async fn pull_image_from_a_registry(lab: &mut Lab) -> Result<()> {
+    let _registry = lab.start_registry()?;
+    let image = lab.image.clone();
+    lab.push(&image, "pulled/busybox", "v1")?;
+    let name = format!("{}/pulled/busybox:v1", crate::harness::REGISTRY);
+    let pulled = lab
+        .images
+        .pull_image(cri::PullImageRequest {
+            image: spec(&name),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await?
+        .into_inner();
+    ensure!(!pulled.image_ref.is_empty(), "{pulled:?}");
+    let found = status(lab, &name)
+        .await?
+        .context("pulled image not found")?;
+    ensure!(found.id == image.config_digest, "{found:?}");
+    ensure!(found.repo_tags.contains(&name), "{found:?}");
+    let before = lab
+        .images
+        .list_images(cri::ListImagesRequest::default())
+        .await?
+        .into_inner()
+        .images
+        .len();
+    let missing = lab
+        .images
+        .pull_image(cri::PullImageRequest {
+            image: spec(&format!("{}/pulled/busybox:nope", crate::harness::REGISTRY)),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await;
+    ensure!(missing.is_err(), "{missing:?}");
+    let after = lab
+        .images
+        .list_images(cri::ListImagesRequest::default())
+        .await?
+        .into_inner()
+        .images
+        .len();
+    ensure!(before == after, "a failed pull changed the image list");
+    // A container runs from the pulled name.
+    let pod_id = run_pod(lab, "puller").await?;
+    let mut config = container_config(lab, "main", &["echo", "pulled"]);
+    config.image = spec(&name);
+    let id = create(lab, (&pod_id, "puller"), config).await?;
+    start(lab, &id).await?;
+    let status = wait_exited(lab, &id).await?;
+    ensure!(status.exit_code == 0, "{status:?}");
+    remove_pod(lab, &pod_id).await?;
+    Ok(())
+}

@@ -21,6 +21,8 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ferrokube");
 pub const POD_CIDR: &str = "10.67.0.0/24";
+/// The lab registry's address, inside the lab namespace (see [`Lab::start_registry`]).
+pub const REGISTRY: &str = "127.0.0.1:5000";
 
 /// The image every case can use: `docker.io/library/fkbusybox:latest`, busybox with
 /// `sleep infinity` as its entrypoint.
@@ -252,6 +254,128 @@ impl Lab {
         }
     }
 
+    /// Starts Debian's docker-registry on [`REGISTRY`] inside the lab namespace (plain
+    /// HTTP: containerd is told so by `certs.d/<host>/hosts.toml`, ours by
+    /// `--insecure-registry`). Stopped on drop (and by the lab's cleanup).
+    pub fn start_registry(&self) -> Result<Registry> {
+        let bin = "/usr/bin/docker-registry";
+        ensure!(
+            Path::new(bin).exists(),
+            "{bin} missing: the pull test needs Debian's docker-registry (run `cargo xtask setup`)"
+        );
+        let d = self.dir.path();
+        let hosts = d.join("certs.d").join(REGISTRY);
+        std::fs::create_dir_all(&hosts)?;
+        std::fs::write(
+            hosts.join("hosts.toml"),
+            format!(
+                "server = \"http://{REGISTRY}\"\n[host.\"http://{REGISTRY}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+            ),
+        )?;
+        let config = d.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {REGISTRY}\n",
+                d.join("registry").display()
+            ),
+        )?;
+        let log = std::fs::File::create(d.join("registry.log"))?;
+        let child = self
+            .node
+            .command(bin)
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let registry = Registry { child };
+        wait_for("the registry", Duration::from_secs(30), || {
+            Ok(self
+                .node
+                .command("curl")
+                .args(["-sf", &format!("http://{REGISTRY}/v2/")])
+                .output()?
+                .status
+                .success()
+                .then_some(()))
+        })?;
+        Ok(registry)
+    }
+
+    /// Pushes a test image (its OCI archive) to the lab registry as `repo:tag` with curl
+    /// (blob uploads, then the manifest).
+    pub fn push(&self, image: &TestImage, repo: &str, tag: &str) -> Result<()> {
+        let dir = tempfile::Builder::new()
+            .prefix("push")
+            .tempdir_in(self.dir.path())?;
+        run(Command::new("tar")
+            .arg("-C")
+            .arg(dir.path())
+            .arg("-xf")
+            .arg(&image.archive))?;
+        let blob = |digest: &str| dir.path().join("blobs/sha256").join(&digest[7..]);
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(blob(&image.manifest_digest))?)?;
+        let mut digests = vec![
+            manifest["config"]["digest"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        ];
+        for layer in manifest["layers"].as_array().into_iter().flatten() {
+            digests.push(layer["digest"].as_str().unwrap_or_default().to_string());
+        }
+        for digest in digests {
+            let headers = run(self.node.command("curl").args([
+                "-sf",
+                "-X",
+                "POST",
+                "-D",
+                "-",
+                "-o",
+                "/dev/null",
+                &format!("http://{REGISTRY}/v2/{repo}/blobs/uploads/"),
+            ]))?;
+            let location = headers
+                .lines()
+                .find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(k, _)| k.eq_ignore_ascii_case("location"))
+                        .map(|(_, v)| v.trim().to_string())
+                })
+                .context("no upload location")?;
+            let url = if location.starts_with("http") {
+                location
+            } else {
+                format!("http://{REGISTRY}{location}")
+            };
+            let sep = if url.contains('?') { '&' } else { '?' };
+            run(self.node.command("curl").args([
+                "-sf",
+                "-X",
+                "PUT",
+                "-H",
+                "Content-Type: application/octet-stream",
+                "--data-binary",
+                &format!("@{}", blob(&digest).display()),
+                &format!("{url}{sep}digest={digest}"),
+            ]))?;
+        }
+        run(self.node.command("curl").args([
+            "-sf",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/vnd.oci.image.manifest.v1+json",
+            "--data-binary",
+            &format!("@{}", blob(&image.manifest_digest).display()),
+            &format!("http://{REGISTRY}/v2/{repo}/manifests/{tag}"),
+        ]))?;
+        Ok(())
+    }
+
     /// Imports an archive the way each runtime's operator would.
     pub fn import(&self, archive: &Path) -> Result<()> {
         match self.kind {
@@ -343,6 +467,7 @@ fn daemon_command(kind: Kind, node: &Netns, d: &Path) -> Result<Command> {
                 .arg(&bin_dir)
                 .arg("--cgroup-root")
                 .arg(cgroup_name(d))
+                .args(["--insecure-registry", REGISTRY])
                 .env("FERROKUBE_LOG", "debug");
             command
         }
@@ -424,6 +549,18 @@ async fn connect(socket: &Path) -> Result<Channel> {
             }
         }))
         .await?)
+}
+
+/// The lab registry process.
+pub struct Registry {
+    child: Child,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A runtime that failed to come up: still cleaned up.

@@ -81,4 +81,5 @@ cases!(
     unknown_runtime_handler_is_refused,
     crictl_drives_the_runtime,
     pod_sandbox_stats,
+    pull_image_from_a_registry,
 );

@@ -106,6 +106,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("runc", "containerd's runtime in the CNI end-to-end test"),
     (
+        "docker-registry",
+        "the CRI suite's PullImage case pulls from a registry in a lab namespace",
+    ),
+    (
         "busybox-static",
         "the test images of the CNI end-to-end test and the CRI suite are built from static busybox",
     ),

@@ -6,6 +6,7 @@
 //!   `docker.io/library/busybox:latest`);
 //! - [`store`]: the content-addressed image store under `<root>/images` (verified blobs,
 //!   layers unpacked once and shared, OCI-layout and docker-archive imports);
+//! - [`pull`]: PullImage over the registry v2 protocol into the store;
 //! - [`sandbox`]: pod sandboxes (no pause process: namespaces pinned by bind mounts, see
 //!   there why), networked by [`cni`] (plugins executed per the CNI spec), with the
 //!   privileged steps behind [`host::Host`];
@@ -18,6 +19,7 @@
 pub mod cni;
 pub mod container;
 pub mod host;
+pub mod pull;
 pub mod reference;
 pub mod sandbox;
 pub mod server;

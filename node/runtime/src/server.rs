@@ -11,6 +11,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::cni::CniExec;
 use crate::container::{ContainerError, Containers};
 use crate::host::LinuxHost;
+use crate::pull::{PullError, Puller};
 use crate::sandbox::{SandboxError, Sandboxes};
 use crate::service::{Images, Runtime};
 use crate::store::{ImageStore, StoreError};
@@ -24,6 +25,9 @@ pub enum ServerError {
     /// The image store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The registry client could not be set up.
+    #[error(transparent)]
+    Pull(#[from] PullError),
     /// The container state could not be loaded.
     #[error(transparent)]
     Container(#[from] ContainerError),
@@ -52,6 +56,8 @@ pub struct Options {
     pub oci_runtime: PathBuf,
     /// The binary run as `<shim> runtime-shim` to monitor each container.
     pub shim: PathBuf,
+    /// Registries (`host[:port]`) pulled from over plain HTTP.
+    pub insecure_registries: Vec<String>,
 }
 
 /// Serves CRI on `options.socket` until `shutdown` completes; removes the socket after.
@@ -76,6 +82,7 @@ pub async fn serve(
         options.shim.clone(),
         store.clone(),
     )?);
+    let puller = Puller::new(store.clone(), options.insecure_registries.clone())?;
     let listener = bind(&options.socket)?;
     tracing::info!(socket = %options.socket.display(), root = %options.root.display(), "serving CRI");
     let result = tonic::transport::Server::builder()
@@ -83,7 +90,9 @@ pub async fn serve(
             Arc::new(sandboxes),
             containers.clone(),
         )))
-        .add_service(ImageServiceServer::new(Images::new(store, containers)))
+        .add_service(ImageServiceServer::new(Images::new(
+            store, containers, puller,
+        )))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     let _ = std::fs::remove_file(&options.socket);

@@ -14,6 +14,7 @@ use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
 use crate::container::{ContainerError, Containers, Phase, Record};
+use crate::pull::{Credentials, PullError, Puller};
 use crate::sandbox::{Metadata, Sandbox, SandboxError, Sandboxes, Spec, State};
 use crate::store::{ImageRecord, ImageStore, StoreError};
 
@@ -411,12 +412,17 @@ fn spec_image(spec: Option<cri::ImageSpec>) -> Result<String, Status> {
 pub struct Images {
     store: ImageStore,
     containers: Arc<Containers>,
+    puller: Puller,
 }
 
 impl Images {
-    /// Serves `store`; images `containers` use cannot be removed.
-    pub fn new(store: ImageStore, containers: Arc<Containers>) -> Images {
-        Images { store, containers }
+    /// Serves `store`, pulling with `puller`; images `containers` use cannot be removed.
+    pub fn new(store: ImageStore, containers: Arc<Containers>, puller: Puller) -> Images {
+        Images {
+            store,
+            containers,
+            puller,
+        }
     }
 }
 
@@ -472,15 +478,28 @@ impl ImageService for Images {
         &self,
         request: Request<cri::PullImageRequest>,
     ) -> Result<Response<cri::PullImageResponse>, Status> {
-        let image = request
-            .into_inner()
-            .image
-            .map(|s| s.image)
-            .unwrap_or_default();
-        Err(Status::unimplemented(format!(
-            "PullImage {image:?}: registry pulls are not implemented yet; \
-             import the image with `ferrokube images import --root DIR FILE`"
-        )))
+        let request = request.into_inner();
+        let image = spec_image(request.image)?;
+        let auth = request.auth.unwrap_or_default();
+        let credentials = Credentials {
+            username: auth.username,
+            password: auth.password,
+            registry_token: auth.registry_token,
+        };
+        let record = self
+            .puller
+            .pull(&image, &credentials)
+            .await
+            .map_err(|e| match &e {
+                PullError::Reference(_) => Status::invalid_argument(e.to_string()),
+                PullError::NotFound(_) => Status::not_found(e.to_string()),
+                PullError::Unauthorized(..) => Status::permission_denied(e.to_string()),
+                _ => Status::unknown(e.to_string()),
+            })?;
+        tracing::info!(image, id = %record.id, "pulled image");
+        Ok(Response::new(cri::PullImageResponse {
+            image_ref: record.id,
+        }))
     }
 
     async fn remove_image(

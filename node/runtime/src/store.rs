@@ -114,7 +114,14 @@ pub struct ImageStore {
 }
 
 /// Removes a directory tree on drop unless disarmed.
-struct TempDir(Option<PathBuf>);
+pub(crate) struct TempDir(Option<PathBuf>);
+
+impl TempDir {
+    /// The directory.
+    pub(crate) fn path(&self) -> &Path {
+        self.0.as_deref().unwrap_or(Path::new("/nonexistent"))
+    }
+}
 
 impl Drop for TempDir {
     fn drop(&mut self) {
@@ -141,7 +148,7 @@ fn digest_reader(mut reader: impl Read) -> std::io::Result<(String, u64)> {
     Ok((format!("sha256:{:x}", hasher.finalize()), n))
 }
 
-fn hex_of(digest: &str) -> Result<&str, StoreError> {
+pub(crate) fn hex_of(digest: &str) -> Result<&str, StoreError> {
     match digest.split_once(':') {
         Some(("sha256", hex)) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
             Ok(hex)
@@ -152,10 +159,12 @@ fn hex_of(digest: &str) -> Result<&str, StoreError> {
     }
 }
 
-/// A manifest found in an archive, with the names it should carry.
-struct Found {
-    manifest: Vec<u8>,
-    names: Vec<String>,
+/// A manifest found in an archive (or pulled), with the names it should carry.
+pub(crate) struct Found {
+    /// The manifest's bytes.
+    pub(crate) manifest: Vec<u8>,
+    /// References to tag it with.
+    pub(crate) names: Vec<String>,
 }
 
 /// Reads a hashing wrapper's digest once the inner reader is drained.
@@ -337,11 +346,27 @@ impl ImageStore {
                 "the archive holds no image".into(),
             ));
         }
+        self.commit(&found, &blobs)
+    }
 
+    /// A directory under `tmp/` removed when the guard drops.
+    pub(crate) fn scratch(&self, prefix: &str) -> Result<TempDir, StoreError> {
+        let path = self.dir.join("tmp").join(unique(prefix));
+        std::fs::create_dir_all(&path).map_err(io(path.display()))?;
+        Ok(TempDir(Some(path)))
+    }
+
+    /// Verifies and unpacks the images whose blobs (by hex digest) are in `blobs`, then
+    /// publishes them in one index update.
+    pub(crate) fn commit(
+        &self,
+        found: &[Found],
+        blobs: &Path,
+    ) -> Result<Vec<ImageRecord>, StoreError> {
         // Verify and unpack everything before touching the index.
         let mut records = Vec::new();
-        for found in &found {
-            let record = self.prepare(found, &blobs)?;
+        for found in found {
+            let record = self.prepare(found, blobs)?;
             records.push(record);
         }
 
