@@ -155,11 +155,129 @@ fn proxy_reports_bad_input_clearly() -> Result<()> {
 }
 
 #[test]
-//! the file, reset; and `--kubeconfig`, following a `ferrokube server`. The traffic itself
-//! is tested in `node/proxy/tests/socket_lb.rs`, `apiserver_watch.rs` and `nodeport.rs`;
-//! here one NodePort request checks that `--interface` attaches the tc programs and
-//! `proxy reset` detaches them.
+fn proxy_follows_the_apiserver() -> Result<()> {
+    let server = common::Server::start(common::Backend::Embedded)?;
+    let cgroup = TestCgroup::new(&unique_name("ferrokube-cli-"))?;
+    let node = unique_name("cli-node-");
+    let _pins = Pins(node.clone());
+    let out = server.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(&services(&["10.250.0.10", "10.250.0.11"])),
+    )?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kubeconfig = server.kubeconfig().to_string_lossy().into_owned();
+    let cgroup_arg = cgroup.path().to_string_lossy().into_owned();
+    let run = [
+        "proxy",
+        "--node",
+        &node,
+        "--kubeconfig",
+        &kubeconfig,
+        "--cgroup",
+        &cgroup_arg,
+        "--once",
+        "--max-services",
+        "64",
+        "--max-backends",
+        "64",
+        "--max-slots",
+        "256",
+    ];
+    ok(&run)?;
+    let listed = ok(&["proxy", "list", "--node", &node])?;
+    assert!(listed.contains("10.96.0.10:80/TCP"), "{listed}");
+    assert!(listed.contains("-> 10.250.0.10:8080/TCP"), "{listed}");
+    assert!(listed.contains("-> 10.250.0.11:8080/TCP"), "{listed}");
+    // Both sources at once is a usage error.
+    let both = ferrokube(&[
+        "proxy",
+        "--node",
+        &node,
+        "--kubeconfig",
+        &kubeconfig,
+        "--from-file",
+        "x",
+    ])?;
+    assert!(!both.status.success());
+    Ok(())
+}
 
-mod common;
+#[test]
+fn proxy_interface_attaches_tc_and_reset_detaches_it() -> Result<()> {
+    use std::io::{ErrorKind, Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+
+    let lab = NodeLab::new(1, 0)?;
+    let pod = lab.pod1_addrs[0];
+    let _servers = EchoServers::start(&lab.pods1.path(), &lab.pod1_addrs, 8080)?;
+    let cgroup = TestCgroup::new(&unique_name("ferrokube-cli-"))?;
+    let node = unique_name("cli-node-");
+    let _pins = Pins(node.clone());
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("services.yaml");
+    write(
+        &file,
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\n\
+             spec:\n  type: NodePort\n  clusterIP: 10.96.0.10\n  \
+             ports: [{{name: http, port: 80, nodePort: 30090}}]\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata:\n  name: web-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: web}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\n\
+             endpoints:\n- addresses: [{pod}]\n  nodeName: {node}\n"
+        ),
+    )?;
+    // Run inside node 1's namespace (nsenter --net keeps bpffs and cgroup2 visible).
+    let out = lab
+        .node1
+        .command(BIN)
+        .args(["proxy", "--node", &node, "--from-file"])
+        .arg(&file)
+        .arg("--cgroup")
+        .arg(cgroup.path())
+        .args(["--interface", NodeLab::EXTERNAL_IF, "--once"])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "proxy --interface failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = ok(&["proxy", "list", "--node", &node])?;
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("10.251.0.2:30090/TCP") && l.contains("external")),
+        "{listed}"
+    );
+    assert!(listed.contains("(local)"), "{listed}");
+
+    // The agent has exited; the pinned tc links keep serving.
+    let to = SocketAddr::from((NodeLab::NODE1, 30090));
+    let request = move || -> Result<Result<String, ErrorKind>> {
+        Ok(
+            match TcpStream::connect_timeout(&to, Duration::from_secs(3)) {
+                Ok(mut stream) => {
+                    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+                    stream.write_all(b"hi")?;
+                    let mut reply = String::new();
+                    stream.read_to_string(&mut reply)?;
+                    Ok(reply)
+                }
+                Err(e) => Err(e.kind()),
+            },
+        )
+    };
+    assert_eq!(lab.outside.run_in(request)?, Ok(pod.to_string()));
+
+    ok(&["proxy", "reset", "--node", &node])?;
+    ferrokube_testkit::wait_for("the tc links to go", Duration::from_secs(10), || {
+        let result = lab.outside.run_in(request)?;
+        Ok((result == Err(ErrorKind::ConnectionRefused)).then_some(()))
+    })?;
     Ok(())
 }
