@@ -2,10 +2,14 @@
 //!
 //! Today it runs the API server on its state store (`ferrokube server`), prints the admin
 //! kubeconfig (`ferrokube kubeconfig`) and administers the store directly
-//! (`ferrokube store ...`); the node agent and tools arrive as their issues land.
+//! (`ferrokube store ...`), runs the built-in CRI server (`ferrokube runtime`) and manages
+//! its images (`ferrokube images ...`), and speaks CRI to any runtime (`ferrokube crictl`);
+//! the node agent and tools arrive as their issues land.
 
 mod cni_cmd;
+mod crictl_cmd;
 mod proxy_cmd;
+mod runtime_cmd;
 mod server;
 mod store_cmd;
 
@@ -44,6 +48,16 @@ enum Command {
     Cni(cni_cmd::CniCommand),
     /// Run the node's eBPF Service proxy (kube-proxy replacement), or inspect it.
     Proxy(proxy_cmd::ProxyArgs),
+    /// Run the built-in CRI server (RuntimeService + ImageService) on a unix socket.
+    Runtime(runtime_cmd::RuntimeArgs),
+    /// The per-container monitor started by `ferrokube runtime`.
+    #[command(hide = true)]
+    RuntimeShim(runtime_cmd::ShimArgs),
+    /// A small CRI client for any runtime socket (ours or containerd).
+    Crictl(crictl_cmd::CrictlArgs),
+    /// Manage the built-in runtime's image store directly.
+    #[command(subcommand)]
+    Images(runtime_cmd::ImagesCommand),
 }
 
 /// Which store to use: the embedded one in `--data-dir`, or etcd with `--datastore`.
@@ -103,6 +117,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Command::RuntimeShim(args) = cli.command {
+        // Plain threads, no async runtime: it must stay small and independent.
+        return ExitCode::from(u8::try_from(runtime_cmd::shim(args)).unwrap_or(1));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -131,6 +149,10 @@ fn main() -> ExitCode {
             }
             Command::Cni(command) => cni_cmd::run(command),
             Command::Proxy(args) => proxy_cmd::run(args).await,
+            Command::Runtime(args) => runtime_cmd::run(args).await,
+            Command::Images(command) => runtime_cmd::images(command),
+            Command::RuntimeShim(_) => Ok(()),
+            Command::Crictl(args) => crictl_cmd::run(args).await,
         }
     });
     match result {

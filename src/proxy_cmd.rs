@@ -6,6 +6,8 @@
 //! - `ferrokube proxy --node NAME --from-file F [--cgroup DIR]`: the same from a YAML file,
 //!   re-applied when it changes (`--once`: apply and exit; the pinned programs keep
 //!   working);
+//!   With `--interface IF [--node-ip IP]...` either way also runs the tc NodePort,
+//!   ExternalIP and LoadBalancer programs on that interface;
 //! - `ferrokube proxy list [--node NAME]`: frontends, backends and counters from the pins;
 //! - `ferrokube proxy reset --node NAME`: remove the node's pins (detaches the programs).
 
@@ -39,7 +41,7 @@ enum ProxyCommand {
         #[arg(long, default_value = bpffs::DEFAULT_BPFFS)]
         bpffs: PathBuf,
     },
-    /// Remove a node's pinned programs and maps.
+    /// Remove a node's pinned programs and maps (detaches the cgroup and tc programs).
     Reset {
         /// The node.
         #[arg(long)]
@@ -67,6 +69,14 @@ struct RunArgs {
     /// bpffs mount point (mounted when missing).
     #[arg(long, default_value = bpffs::DEFAULT_BPFFS)]
     bpffs: PathBuf,
+    /// The node's external interface: NodePort, ExternalIP and LoadBalancer IP traffic
+    /// arriving on it is translated by tc programs (TCX, kernel >= 6.6).
+    #[arg(long)]
+    interface: Option<String>,
+    /// A node address for NodePort frontends (repeatable; the first is the SNAT address).
+    /// Default: the IPv4 addresses of --interface.
+    #[arg(long = "node-ip")]
+    node_ips: Vec<std::net::Ipv4Addr>,
     /// Apply the file (or the apiserver's first snapshot) once and exit (the pinned
     /// dataplane keeps serving).
     #[arg(long)]
@@ -110,6 +120,8 @@ async fn serve(args: RunArgs) -> Result<()> {
     };
     let mut config = Config::new(node, args.cgroup);
     config.bpffs = args.bpffs;
+    config.interface = args.interface;
+    config.node_ips = args.node_ips;
     config.sizes = Sizes {
         services: args.max_services,
         backends: args.max_backends,

@@ -1,7 +1,9 @@
 //! `ferrokube proxy` as a user runs it (needs root for bpffs and cgroups; CI is root):
 //! apply a file with `--once` into a test cgroup, read it back with `proxy list`, change
 //! the file, reset; and `--kubeconfig`, following a `ferrokube server`. The traffic itself
-//! is tested in `node/proxy/tests/socket_lb.rs` and `apiserver_watch.rs`.
+//! is tested in `node/proxy/tests/socket_lb.rs`, `apiserver_watch.rs` and `nodeport.rs`;
+//! here one NodePort request checks that `--interface` attaches the tc programs and
+//! `proxy reset` detaches them.
 
 mod common;
 
@@ -9,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use anyhow::{Context, Result, ensure};
-use ferrokube_testkit::netlab::{TestCgroup, unique_name};
+use ferrokube_testkit::netlab::{EchoServers, NodeLab, TestCgroup, unique_name};
 
 use common::BIN;
 
@@ -201,5 +203,81 @@ fn proxy_follows_the_apiserver() -> Result<()> {
         "x",
     ])?;
     assert!(!both.status.success());
+    Ok(())
+}
+
+#[test]
+fn proxy_interface_attaches_tc_and_reset_detaches_it() -> Result<()> {
+    use std::io::{ErrorKind, Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+
+    let lab = NodeLab::new(1, 0)?;
+    let pod = lab.pod1_addrs[0];
+    let _servers = EchoServers::start(&lab.pods1.path(), &lab.pod1_addrs, 8080)?;
+    let cgroup = TestCgroup::new(&unique_name("ferrokube-cli-"))?;
+    let node = unique_name("cli-node-");
+    let _pins = Pins(node.clone());
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("services.yaml");
+    write(
+        &file,
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\n\
+             spec:\n  type: NodePort\n  clusterIP: 10.96.0.10\n  \
+             ports: [{{name: http, port: 80, nodePort: 30090}}]\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata:\n  name: web-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: web}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\n\
+             endpoints:\n- addresses: [{pod}]\n  nodeName: {node}\n"
+        ),
+    )?;
+    // Run inside node 1's namespace (nsenter --net keeps bpffs and cgroup2 visible).
+    let out = lab
+        .node1
+        .command(BIN)
+        .args(["proxy", "--node", &node, "--from-file"])
+        .arg(&file)
+        .arg("--cgroup")
+        .arg(cgroup.path())
+        .args(["--interface", NodeLab::EXTERNAL_IF, "--once"])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "proxy --interface failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = ok(&["proxy", "list", "--node", &node])?;
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("10.251.0.2:30090/TCP") && l.contains("external")),
+        "{listed}"
+    );
+    assert!(listed.contains("(local)"), "{listed}");
+
+    // The agent has exited; the pinned tc links keep serving.
+    let to = SocketAddr::from((NodeLab::NODE1, 30090));
+    let request = move || -> Result<Result<String, ErrorKind>> {
+        Ok(
+            match TcpStream::connect_timeout(&to, Duration::from_secs(3)) {
+                Ok(mut stream) => {
+                    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+                    stream.write_all(b"hi")?;
+                    let mut reply = String::new();
+                    stream.read_to_string(&mut reply)?;
+                    Ok(reply)
+                }
+                Err(e) => Err(e.kind()),
+            },
+        )
+    };
+    assert_eq!(lab.outside.run_in(request)?, Ok(pod.to_string()));
+
+    ok(&["proxy", "reset", "--node", &node])?;
+    ferrokube_testkit::wait_for("the tc links to go", Duration::from_secs(10), || {
+        let result = lab.outside.run_in(request)?;
+        Ok((result == Err(ErrorKind::ConnectionRefused)).then_some(()))
+    })?;
     Ok(())
 }

@@ -6,8 +6,11 @@
 //! - `bench store`: the store benchmark, embedded against etcd in one run;
 //! - `bench api`: the apiserver on both stores;
 //! - `bench cni`: pod ADD+DEL through our CNI plugin against the reference plugins;
+//! - `bench runtime`: pod + container lifecycle through CRI, ours against containerd;
 //! - `bench dataplane`: Service programming time, ferrokube's maps against kube-proxy's
-//!   iptables layout (needs root).
+//!   iptables layout (needs root);
+//! - `bench tcpath`: traffic through the tc NodePort path against a direct connection and
+//!   iptables DNAT (needs root).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -55,6 +58,13 @@ enum Bench {
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
     },
+    /// CRI runtime: RunPodSandbox, Create/Start/Stop container, Stop+Remove sandbox,
+    /// p50/p99 per phase, ours vs containerd 1.6.
+    Runtime {
+        /// Rounds per runtime.
+        #[arg(long, default_value_t = 30)]
+        rounds: usize,
+    },
     /// CNI plugin: ADD then DEL per pod, p50/p99, ours vs reference bridge + host-local.
     Cni {
         /// ADD+DEL rounds per plugin.
@@ -66,6 +76,12 @@ enum Bench {
         /// Service counts, comma-separated.
         #[arg(long, default_value = "1,1000,10000,30000")]
         sizes: String,
+    },
+    /// Traffic through the tc NodePort path vs a direct connection and iptables DNAT.
+    Tcpath {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
     },
 }
 
@@ -94,12 +110,16 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     (
         "containerd",
-        "the CNI end-to-end test runs pod sandboxes through containerd's CRI plugin",
+        "the CNI end-to-end test and the CRI behaviour suite (tests/cri) run containerd's CRI plugin",
     ),
     ("runc", "containerd's runtime in the CNI end-to-end test"),
     (
+        "docker-registry",
+        "the CRI suite's PullImage case pulls from a registry in a lab namespace",
+    ),
+    (
         "busybox-static",
-        "the sandbox image of the CNI end-to-end test is built from static busybox",
+        "the test images of the CNI end-to-end test and the CRI suite are built from static busybox",
     ),
 ];
 
@@ -456,9 +476,19 @@ fn bench(which: Bench) -> Result<()> {
         Bench::Cni { pods } => {
             cargo_bench("ferrokube", "cni", &["--pods".into(), pods.to_string()])
         }
+        Bench::Runtime { rounds } => cargo_bench(
+            "ferrokube",
+            "runtime",
+            &["--rounds".into(), rounds.to_string()],
+        ),
         Bench::Dataplane { sizes } => {
             cargo_bench("ferrokube-proxy", "dataplane", &["--sizes".into(), sizes])
         }
+        Bench::Tcpath { seconds } => cargo_bench(
+            "ferrokube-proxy",
+            "tcpath",
+            &["--seconds".into(), seconds.to_string()],
+        ),
     }
 }
 

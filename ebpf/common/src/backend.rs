@@ -22,10 +22,18 @@ pub struct Backend {
     pub proto: u8,
     /// `AF_INET` or `AF_INET6`.
     pub family: u8,
+    /// [`BACKEND_LOCAL`] when the endpoint runs on this node.
+    pub flags: u8,
+    /// Zero.
+    pub pad: [u8; 3],
 }
 
+/// [`Backend::flags`]: the endpoint's `nodeName` is this node, so traffic from outside
+/// reaches it without SNAT.
+pub const BACKEND_LOCAL: u8 = 1;
+
 const _: () = assert!(core::mem::size_of::<SlotKey>() == 8);
-const _: () = assert!(core::mem::size_of::<Backend>() == 20);
+const _: () = assert!(core::mem::size_of::<Backend>() == 24);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for SlotKey {}

@@ -15,14 +15,18 @@
 
 pub mod affinity;
 pub mod backend;
+pub mod ct;
+pub mod node;
 pub mod revnat;
 pub mod service;
 pub mod stats;
 
-pub use affinity::{AffinityKey, AffinityValue};
-pub use backend::{Backend, SlotKey};
+pub use affinity::{AffinityKey, AffinityValue, ClientAffinityKey};
+pub use backend::{BACKEND_LOCAL, Backend, SlotKey};
+pub use ct::{CtKey, CtValue};
+pub use node::NodeConfig;
 pub use revnat::{RevNatKey, RevNatValue};
-pub use service::{ServiceKey, ServiceValue};
+pub use service::{SERVICE_EXTERNAL, ServiceKey, ServiceValue};
 pub use stats::Counters;
 
 /// `AF_INET`.
@@ -46,6 +50,13 @@ pub mod map_names {
     pub const REVNAT: &str = "FK_REVNAT";
     /// Session affinity: [`crate::AffinityKey`] -> [`crate::AffinityValue`] (LRU).
     pub const AFFINITY: &str = "FK_AFFINITY";
+    /// Session affinity by client address (tc path): [`crate::ClientAffinityKey`] ->
+    /// [`crate::AffinityValue`] (LRU).
+    pub const CLIENT_AFFINITY: &str = "FK_CLIENT_AFF";
+    /// Connection tracking of the tc path: [`crate::CtKey`] -> [`crate::CtValue`] (LRU).
+    pub const CT: &str = "FK_CT";
+    /// This node's settings: one [`crate::NodeConfig`] at index 0.
+    pub const NODE: &str = "FK_NODE";
     /// Per-Service counters, per CPU, indexed by service id.
     pub const SERVICE_STATS: &str = "FK_SVC_STATS";
     /// Per-backend counters, per CPU, indexed by backend id.
@@ -62,6 +73,10 @@ pub mod program_names {
     pub const RECVMSG4: &str = "fk_recvmsg4";
     /// cgroup/getpeername4.
     pub const GETPEERNAME4: &str = "fk_getpeername4";
+    /// tc ingress on the external interface.
+    pub const TC_INGRESS: &str = "fk_tc_ingress";
+    /// tc egress on the external interface.
+    pub const TC_EGRESS: &str = "fk_tc_egress";
 }
 
 /// Default map sizes, overridable by the loader.
@@ -76,4 +91,6 @@ pub mod sizes {
     pub const MAX_REVNAT: u32 = 262_144;
     /// (client, Service) pairs remembered for session affinity.
     pub const MAX_AFFINITY: u32 = 262_144;
+    /// Connection-tracking entries of the tc path (up to four per flow).
+    pub const MAX_CT: u32 = 524_288;
 }

@@ -37,9 +37,13 @@ pub struct ServiceValue {
     pub count: u32,
     /// Session affinity timeout in seconds; zero means none (random per connection).
     pub affinity_timeout: u32,
-    /// Reserved for features (traffic policy, Maglev); zero today.
+    /// [`SERVICE_EXTERNAL`] and future features (Maglev); zero for a ClusterIP.
     pub flags: u32,
 }
+
+/// [`ServiceValue::flags`]: a NodePort, ExternalIP or LoadBalancer IP frontend, which the
+/// tc programs on the node's external interface translate for traffic from outside.
+pub const SERVICE_EXTERNAL: u32 = 1;
 
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);

@@ -1,4 +1,6 @@
-//! ferrokube's kernel programs: socket-level Service load balancing on cgroup hooks.
+//! ferrokube's kernel programs: socket-level Service load balancing on cgroup hooks, and
+//! NodePort / ExternalIP / LoadBalancer IP translation with connection tracking in tc on
+//! the node's external interface (`nodeport`).
 //!
 //! `connect4` and `sendmsg4` translate a Service frontend (address, port, protocol) to a
 //! backend picked at random from the Service's slots; `recvmsg4` and `getpeername4`
@@ -13,6 +15,7 @@
 #![allow(unsafe_code)]
 
 mod maps;
+mod nodeport;
 mod sock;
 
 #[cfg(not(test))]

@@ -2,11 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use ferrokube_ebpf_common::{
-    AffinityKey, AffinityValue, Backend, Counters, RevNatKey, RevNatValue, ServiceKey,
-    ServiceValue, SlotKey, sizes,
+    AffinityKey, AffinityValue, Backend, ClientAffinityKey, Counters, CtKey, CtValue, NodeConfig,
+    RevNatKey, RevNatValue, ServiceKey, ServiceValue, SlotKey, sizes,
 };
 
 #[map(name = "FK_SERVICES")]
@@ -30,3 +30,13 @@ pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(sizes::MAX
 
 #[map(name = "FK_BE_STATS")]
 pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(sizes::MAX_BACKENDS + 1, 0);
+
+#[map(name = "FK_CLIENT_AFF")]
+pub static CLIENT_AFFINITY: LruHashMap<ClientAffinityKey, AffinityValue> =
+    LruHashMap::pinned(sizes::MAX_AFFINITY, 0);
+
+#[map(name = "FK_CT")]
+pub static CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(sizes::MAX_CT, 0);
+
+#[map(name = "FK_NODE")]
+pub static NODE: Array<NodeConfig> = Array::pinned(1, 0);

@@ -187,7 +187,7 @@ fn reverse4(ctx: &SockAddrContext) {
     }
 }
 
-fn count(map: &PerCpuArray<Counters>, index: u32, translated: bool) {
+pub(crate) fn count(map: &PerCpuArray<Counters>, index: u32, translated: bool) {
     if let Some(counters) = map.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot, written only by this CPU with preemption off.
         unsafe {

@@ -55,6 +55,7 @@ fn ours(n: u32) -> Result<(Duration, Duration, usize)> {
         slots: 320_000,
         revnat: 1024,
         affinity: 1024,
+        ct: 1024,
     };
     let pins = Pins(config.clone());
     let mut agent = Agent::start(&pins.0)?;

@@ -293,6 +293,7 @@ fn main() -> Result<()> {
         slots: 320_000,
         revnat: 65_536,
         affinity: 1024,
+        ct: 1024,
     };
     let pins = Pins(config.clone());
     let mut agent = Agent::start(&pins.0)?;

@@ -45,7 +45,8 @@ impl Agent {
             max_services: config.sizes.services,
             max_backends: config.sizes.backends,
         };
-        let syncer = Syncer::adopt(maps, &config.node, limits)?;
+        let mut syncer = Syncer::adopt(maps, &config.node, limits)?;
+        syncer.set_node_ips(dataplane.node_ips().to_vec())?;
         Ok(Self {
             dataplane,
             syncer,

@@ -49,6 +49,8 @@ pub struct FrontendReport {
     pub counters: Counters,
     /// Session affinity timeout in seconds (zero: none).
     pub affinity_timeout: u32,
+    /// A NodePort, ExternalIP or LoadBalancer IP frontend (translated from outside too).
+    pub external: bool,
     /// Its backends in slot order.
     pub backends: Vec<BackendReport>,
 }
@@ -64,23 +66,28 @@ pub struct NodeReport {
 
 /// Reads the frontends of one node (or of every node with pins when `node` is `None`).
 pub fn list(bpffs: &Path, node: Option<&str>) -> Result<Vec<NodeReport>, ListError> {
-    let nodes = match node {
-        Some(node) => vec![node.to_string()],
-        None => bpffs::nodes(bpffs)?,
+    let (nodes, all) = match node {
+        Some(node) => (vec![node.to_string()], false),
+        None => (bpffs::nodes(bpffs)?, true),
     };
-    nodes
-        .into_iter()
-        .map(|node| {
-            let dir = bpffs::pin_dir(bpffs, &node)?;
-            let maps_error = |source| ListError::Maps {
-                node: node.clone(),
-                source,
-            };
-            let maps = KernelMaps::from_pins(&dir).map_err(maps_error)?;
-            let frontends = report(&maps).map_err(maps_error)?;
-            Ok(NodeReport { node, frontends })
-        })
-        .collect()
+    let mut out = Vec::new();
+    for node in nodes {
+        let dir = bpffs::pin_dir(bpffs, &node)?;
+        let maps_error = |source| ListError::Maps {
+            node: node.clone(),
+            source,
+        };
+        let maps = match KernelMaps::from_pins(&dir) {
+            Ok(maps) => maps,
+            // Listing every node: one whose pins are not all there is being set up or
+            // reset right now; skip it rather than fail the whole listing.
+            Err(e) if all && e.is_not_found() => continue,
+            Err(e) => return Err(maps_error(e)),
+        };
+        let frontends = report(&maps).map_err(maps_error)?;
+        out.push(NodeReport { node, frontends });
+    }
+    Ok(out)
 }
 
 /// The frontends in a set of maps.
@@ -114,6 +121,7 @@ pub fn report(maps: &impl MapOps) -> Result<Vec<FrontendReport>, MapsError> {
             service_id: value.service_id,
             counters: maps.service_counters(value.service_id)?,
             affinity_timeout: value.affinity_timeout,
+            external: value.flags & ferrokube_ebpf_common::SERVICE_EXTERNAL != 0,
             backends: list,
         });
     }
@@ -134,8 +142,9 @@ pub fn render(reports: &[NodeReport]) -> String {
         for f in &node.frontends {
             let _ = writeln!(
                 out,
-                "  {:<28} id {:<6} translated {:<8} refused {}{}{}",
+                "  {:<28} {:<8} id {:<6} translated {:<8} refused {}{}{}",
                 f.frontend.to_string(),
+                if f.external { "external" } else { "cluster" },
                 f.service_id,
                 f.counters.translations,
                 f.counters.refused,
@@ -153,10 +162,11 @@ pub fn render(reports: &[NodeReport]) -> String {
             for b in &f.backends {
                 let _ = writeln!(
                     out,
-                    "    -> {:<25} id {:<6} translated {}",
+                    "    -> {:<25} id {:<6} translated {}{}",
                     b.addr.to_string(),
                     b.id,
-                    b.counters.translations
+                    b.counters.translations,
+                    if b.addr.local { "  (local)" } else { "" }
                 );
             }
         }

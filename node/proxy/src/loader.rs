@@ -1,5 +1,7 @@
 //! Loads the kernel programs, pins them and their maps under the node's bpffs directory,
-//! and attaches the socket programs to a cgroup, or adopts what a previous run pinned.
+//! and attaches the socket programs to a cgroup and, given the node's external interface,
+//! the tc programs to its ingress and egress (TCX links, kernel >= 6.6), or adopts what a
+//! previous run pinned.
 //!
 //! Adoption is what makes a restart gapless: pinned links stay attached while the agent
 //! is down, pinned maps keep their contents, and the new agent reopens both instead of
@@ -8,11 +10,16 @@
 //! upgrade needs `ferrokube proxy reset` first.)
 
 use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink, links::PinnedLink};
+use aya::maps::{Array, MapData};
+use aya::programs::{
+    CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, links::FdLink,
+    links::PinnedLink, tc::TcAttachOptions,
+};
 use aya::{Ebpf, EbpfLoader};
-use ferrokube_ebpf_common::{map_names, program_names, sizes};
+use ferrokube_ebpf_common::{FAMILY_V4, NodeConfig, ct, map_names, program_names, sizes};
 use tracing::{info, warn};
 
 use crate::bpffs::{self, BpffsError};
@@ -72,6 +79,22 @@ pub enum LoadError {
     /// The maps could not be opened.
     #[error(transparent)]
     Maps(#[from] MapsError),
+    /// The external interface's addresses could not be read.
+    #[error("reading the addresses of {interface}: {source}")]
+    Interface {
+        /// The interface.
+        interface: String,
+        /// Why.
+        #[source]
+        source: nix::Error,
+    },
+    /// Writing the node settings map failed.
+    #[error("map {}: {source}", map_names::NODE)]
+    NodeMap {
+        /// Why.
+        #[source]
+        source: aya::maps::MapError,
+    },
 }
 
 /// Map sizes (entries).
@@ -87,6 +110,8 @@ pub struct Sizes {
     pub revnat: u32,
     /// (client, Service) pairs remembered for session affinity.
     pub affinity: u32,
+    /// Connection-tracking entries of the tc path.
+    pub ct: u32,
 }
 
 impl Default for Sizes {
@@ -97,6 +122,32 @@ impl Default for Sizes {
             slots: sizes::MAX_SLOTS,
             revnat: sizes::MAX_REVNAT,
             affinity: sizes::MAX_AFFINITY,
+            ct: sizes::MAX_CT,
+        }
+    }
+}
+
+/// Source NAT of flows from outside to backends on other nodes (the tc path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snat {
+    /// First source port.
+    pub port_min: u16,
+    /// Number of source ports (per backend address and port).
+    pub ports: u16,
+    /// A port whose flow closed (FIN/RST), or whose UDP flow went quiet, is reused after
+    /// this many seconds.
+    pub closed_reuse_secs: u32,
+    /// A port whose TCP flow sent nothing for this many seconds is reused.
+    pub idle_reuse_secs: u32,
+}
+
+impl Default for Snat {
+    fn default() -> Self {
+        Self {
+            port_min: ct::SNAT_PORT_MIN,
+            ports: ct::SNAT_PORTS,
+            closed_reuse_secs: ct::SNAT_CLOSED_REUSE_SECS,
+            idle_reuse_secs: ct::SNAT_IDLE_REUSE_SECS,
         }
     }
 }
@@ -112,6 +163,15 @@ pub struct Config {
     pub bpffs: PathBuf,
     /// Map sizes (used when the maps are created; pinned maps keep theirs).
     pub sizes: Sizes,
+    /// The node's external interface: NodePort, ExternalIP and LoadBalancer IP traffic
+    /// arriving on it is translated by the tc programs. `None`: socket LB only. The
+    /// interface is looked up in the network namespace of the calling thread.
+    pub interface: Option<String>,
+    /// The node's addresses (NodePort frontends; the first is the SNAT address). Empty:
+    /// the IPv4 addresses of `interface`.
+    pub node_ips: Vec<Ipv4Addr>,
+    /// SNAT ports and their reuse (written on every start).
+    pub snat: Snat,
 }
 
 impl Config {
@@ -122,6 +182,9 @@ impl Config {
             cgroup: cgroup.into(),
             bpffs: PathBuf::from(bpffs::DEFAULT_BPFFS),
             sizes: Sizes::default(),
+            interface: None,
+            node_ips: Vec::new(),
+            snat: Snat::default(),
         }
     }
 }
@@ -132,7 +195,13 @@ pub struct Dataplane {
     _ebpf: Ebpf,
     pin_dir: PathBuf,
     adopted_links: usize,
+    node_ips: Vec<Ipv4Addr>,
 }
+
+const TC_PROGRAMS: [(&str, TcAttachType); 2] = [
+    (program_names::TC_INGRESS, TcAttachType::Ingress),
+    (program_names::TC_EGRESS, TcAttachType::Egress),
+];
 
 const PROGRAMS: [&str; 4] = [
     program_names::CONNECT4,
@@ -154,25 +223,24 @@ impl Dataplane {
             .map_max_entries(map_names::BACKENDS, sizes.backends)
             .map_max_entries(map_names::REVNAT, sizes.revnat)
             .map_max_entries(map_names::AFFINITY, sizes.affinity)
+            .map_max_entries(map_names::CLIENT_AFFINITY, sizes.affinity)
+            .map_max_entries(map_names::CT, sizes.ct)
             .map_max_entries(map_names::SERVICE_STATS, sizes.services + 1)
             .map_max_entries(map_names::BACKEND_STATS, sizes.backends + 1)
             .load(OBJECT)?;
+        let node_ips = match (&config.interface, config.node_ips.is_empty()) {
+            (Some(interface), true) => interface_ipv4s(interface)?,
+            _ => config.node_ips.clone(),
+        };
+        write_node_config(&mut ebpf, node_ips.first().copied(), config.snat)?;
         let maps = KernelMaps::from_ebpf(&mut ebpf)?;
         let mut adopted_links = 0;
         let mut cgroup: Option<File> = None;
         for name in PROGRAMS {
             let link_path = pin_dir.join(format!("link_{name}"));
-            if link_path.exists() {
-                match PinnedLink::from_pin(&link_path) {
-                    Ok(_) => {
-                        adopted_links += 1;
-                        continue;
-                    }
-                    Err(e) => {
-                        warn!(path = %link_path.display(), error = %e, "replacing an unusable pinned link");
-                        let _ = std::fs::remove_file(&link_path);
-                    }
-                }
+            if adopt(&link_path) {
+                adopted_links += 1;
+                continue;
             }
             let cgroup = match &cgroup {
                 Some(file) => file,
@@ -185,20 +253,38 @@ impl Dataplane {
             };
             attach(&mut ebpf, name, cgroup, &link_path)?;
         }
+        if let Some(interface) = &config.interface {
+            for (name, attach_type) in TC_PROGRAMS {
+                let link_path = pin_dir.join(format!("link_{name}"));
+                if adopt(&link_path) {
+                    adopted_links += 1;
+                    continue;
+                }
+                attach_tc(&mut ebpf, name, interface, attach_type, &link_path)?;
+            }
+        }
         info!(
             node = %config.node,
             pins = %pin_dir.display(),
+            interface = config.interface.as_deref().unwrap_or("-"),
+            ?node_ips,
             adopted_links,
-            "socket load balancer ready"
+            "eBPF dataplane ready"
         );
         Ok((
             Self {
                 _ebpf: ebpf,
                 pin_dir,
                 adopted_links,
+                node_ips,
             },
             maps,
         ))
+    }
+
+    /// The node addresses in use (given, or read from the external interface).
+    pub fn node_ips(&self) -> &[Ipv4Addr] {
+        &self.node_ips
     }
 
     /// The node's pin directory.
@@ -206,7 +292,8 @@ impl Dataplane {
         &self.pin_dir
     }
 
-    /// How many program links were adopted from pins (4 on a restart, 0 on a first start).
+    /// How many program links were adopted from pins (4, or 6 with an external
+    /// interface, on a restart; 0 on a first start).
     pub fn adopted_links(&self) -> usize {
         self.adopted_links
     }
@@ -237,4 +324,96 @@ fn attach(
         source,
     })?;
     Ok(())
+}
+
+/// Reopens a pinned link; removes a pin that no longer opens. True when adopted.
+fn adopt(link_path: &Path) -> bool {
+    if !link_path.exists() {
+        return false;
+    }
+    match PinnedLink::from_pin(link_path) {
+        Ok(_) => true,
+        Err(e) => {
+            warn!(path = %link_path.display(), error = %e, "replacing an unusable pinned link");
+            let _ = std::fs::remove_file(link_path);
+            false
+        }
+    }
+}
+
+/// Attaches a tc program as a TCX link (kernel >= 6.6) and pins the link: it stays
+/// attached while pinned, like the cgroup links, and coexists with other TCX programs.
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    interface: &str,
+    attach_type: TcAttachType,
+    link_path: &Path,
+) -> Result<(), LoadError> {
+    let program_error = |source| LoadError::Program { name, source };
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or(LoadError::MissingProgram(name))?
+        .try_into()
+        .map_err(program_error)?;
+    program.load().map_err(program_error)?;
+    let link_id = program
+        .attach_with_options(
+            interface,
+            attach_type,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(program_error)?;
+    let link = program.take_link(link_id).map_err(program_error)?;
+    let link: FdLink = link
+        .try_into()
+        .map_err(|source| LoadError::Link { name, source })?;
+    link.pin(link_path).map_err(|source| LoadError::Pin {
+        path: link_path.into(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// The IPv4 addresses of `interface` (in the calling thread's network namespace).
+fn interface_ipv4s(interface: &str) -> Result<Vec<Ipv4Addr>, LoadError> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|source| LoadError::Interface {
+        interface: interface.into(),
+        source,
+    })?;
+    Ok(addrs
+        .filter(|a| a.interface_name == interface)
+        .filter_map(|a| a.address?.as_sockaddr_in().map(|sin| sin.ip()))
+        .collect())
+}
+
+/// Writes the node settings (the SNAT address and ports) for the tc programs.
+fn write_node_config(
+    ebpf: &mut Ebpf,
+    snat_addr: Option<Ipv4Addr>,
+    snat: Snat,
+) -> Result<(), LoadError> {
+    let map = ebpf
+        .map_mut(map_names::NODE)
+        .ok_or(LoadError::Maps(MapsError::Missing(map_names::NODE)))?;
+    let mut array: Array<&mut MapData, NodeConfig> =
+        Array::try_from(map).map_err(|source| LoadError::NodeMap { source })?;
+    let ports = NodeConfig {
+        snat_port_min: snat.port_min,
+        snat_ports: snat.ports.min(u16::MAX - snat.port_min.saturating_sub(1)),
+        closed_reuse_secs: snat.closed_reuse_secs,
+        idle_reuse_secs: snat.idle_reuse_secs,
+        ..NodeConfig::default()
+    };
+    let value = match snat_addr.map(IpAddr::V4) {
+        Some(IpAddr::V4(v4)) => NodeConfig {
+            snat_addr: [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
+            family: FAMILY_V4,
+            ..ports
+        },
+        _ => ports,
+    };
+    array
+        .set(0, value, 0)
+        .map_err(|source| LoadError::NodeMap { source })
 }

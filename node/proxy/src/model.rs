@@ -8,6 +8,12 @@
 //! endpoints that are serving while terminating are used instead (Kubernetes'
 //! `ProxyTerminatingEndpoints` behaviour). `internalTrafficPolicy: Local` keeps only
 //! endpoints on this node for ClusterIP frontends.
+//!
+//! A NodePort or LoadBalancer Service also contributes, per port with a `nodePort`, one
+//! frontend per node address (given to [`Objects::set_node_ips`]). NodePort, external and
+//! load-balancer frontends are marked external (the tc programs translate them for
+//! traffic from outside); `externalTrafficPolicy: Local` keeps only endpoints on this node
+//! for them. Every backend knows whether its endpoint is on this node (`nodeName`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -84,6 +90,8 @@ pub struct BackendAddr {
     pub port: u16,
     /// Protocol.
     pub proto: Protocol,
+    /// The endpoint's `nodeName` is this node.
+    pub local: bool,
 }
 
 impl std::fmt::Display for Frontend {
@@ -130,6 +138,8 @@ pub struct FrontendSpec {
     pub backends: BTreeSet<BackendAddr>,
     /// `sessionAffinity: ClientIP` timeout in seconds; zero for none.
     pub affinity_timeout: u32,
+    /// A NodePort, ExternalIP or LoadBalancer IP frontend (translated from outside too).
+    pub external: bool,
 }
 
 /// Desired state per frontend.
@@ -143,6 +153,7 @@ pub fn service_frontends<'a>(
     service: &Service,
     slices: impl IntoIterator<Item = &'a EndpointSlice> + Clone,
     node: &str,
+    node_ips: &[Ipv4Addr],
 ) -> Desired {
     let mut out = Desired::new();
     let Some(spec) = &service.spec else {
@@ -153,6 +164,11 @@ pub fn service_frontends<'a>(
     }
     let svc = ObjectRef::of(&service.metadata);
     let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let node_ports = matches!(
+        spec.type_.as_deref(),
+        Some("NodePort") | Some("LoadBalancer")
+    );
     let affinity_timeout = if spec.session_affinity.as_deref() == Some("ClientIP") {
         spec.session_affinity_config
             .as_ref()
@@ -183,13 +199,13 @@ pub fn service_frontends<'a>(
         .filter_map(|s| s.load_balancer.as_ref())
         .flat_map(|lb| lb.ingress.iter().flatten())
         .filter_map(|ingress| ingress.ip.as_deref());
-    // (address, node-local only)
+    // (address, external)
     let addresses: Vec<(Ipv4Addr, bool)> = cluster_ips
         .into_iter()
-        .map(|ip| (ip, internal_local))
-        .chain(external_ips.chain(lb_ips).map(|ip| (ip, false)))
-        .filter_map(|(ip, local)| match ip.parse::<IpAddr>() {
-            Ok(IpAddr::V4(v4)) => Some((v4, local)),
+        .map(|ip| (ip, false))
+        .chain(external_ips.chain(lb_ips).map(|ip| (ip, true)))
+        .filter_map(|(ip, external)| match ip.parse::<IpAddr>() {
+            Ok(IpAddr::V4(v4)) => Some((v4, external)),
             Ok(IpAddr::V6(_)) => {
                 debug!(service = %svc, ip, "IPv6 frontend skipped: v6 programs not built yet");
                 None
@@ -208,22 +224,41 @@ pub fn service_frontends<'a>(
             continue;
         };
         let name = port.name.as_deref().unwrap_or("");
-        let all = backends_for_port(slices.clone(), name, proto, None);
-        let local = if internal_local {
-            backends_for_port(slices.clone(), name, proto, Some(node))
+        let all = backends_for_port(slices.clone(), name, proto, node, false);
+        let local = if internal_local || external_local {
+            backends_for_port(slices.clone(), name, proto, node, true)
         } else {
             BTreeSet::new()
         };
-        for (ip, node_local) in &addresses {
+        let node_port = port
+            .node_port
+            .filter(|_| node_ports)
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p > 0);
+        let frontends = addresses
+            .iter()
+            .map(|(ip, external)| (*ip, service_port, *external))
+            .chain(
+                node_port
+                    .into_iter()
+                    .flat_map(|np| node_ips.iter().map(move |ip| (*ip, np, true))),
+            );
+        for (ip, port, external) in frontends {
             let frontend = Frontend {
-                ip: IpAddr::V4(*ip),
-                port: service_port,
+                ip: IpAddr::V4(ip),
+                port,
                 proto,
             };
-            let backends = if *node_local { &local } else { &all };
+            let node_local = if external {
+                external_local
+            } else {
+                internal_local
+            };
+            let backends = if node_local { &local } else { &all };
             let entry = out.entry(frontend).or_default();
             entry.backends.extend(backends.iter().copied());
             entry.affinity_timeout = affinity_timeout;
+            entry.external |= external;
         }
     }
     out
@@ -233,7 +268,8 @@ fn backends_for_port<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     port_name: &str,
     proto: Protocol,
-    only_node: Option<&str>,
+    node: &str,
+    only_local: bool,
 ) -> BTreeSet<BackendAddr> {
     let mut ready = BTreeSet::new();
     let mut terminating = BTreeSet::new();
@@ -251,9 +287,8 @@ fn backends_for_port<'a>(
             continue;
         };
         for endpoint in slice.endpoints.iter().flatten() {
-            if let Some(node) = only_node
-                && endpoint.node_name.as_deref() != Some(node)
-            {
+            let local = endpoint.node_name.as_deref() == Some(node);
+            if only_local && !local {
                 continue;
             }
             let set = match classify(endpoint) {
@@ -267,6 +302,7 @@ fn backends_for_port<'a>(
                         ip,
                         port: target_port,
                         proto,
+                        local,
                     });
                 }
             }
@@ -306,6 +342,7 @@ pub struct Objects {
     /// Service -> the frontends it currently contributes.
     frontends_by_service: BTreeMap<ObjectRef, Desired>,
     node: String,
+    node_ips: Vec<Ipv4Addr>,
 }
 
 /// A change to the objects.
@@ -391,6 +428,16 @@ impl Objects {
         &self.node
     }
 
+    /// The node's addresses: NodePort frontends are made on each.
+    pub fn node_ips(&self) -> &[Ipv4Addr] {
+        &self.node_ips
+    }
+
+    /// Sets the node's addresses (recompute the Services afterwards).
+    pub fn set_node_ips(&mut self, ips: Vec<Ipv4Addr>) {
+        self.node_ips = ips;
+    }
+
     /// Every Service currently known.
     pub fn service_refs(&self) -> BTreeSet<ObjectRef> {
         self.services.keys().cloned().collect()
@@ -411,7 +458,7 @@ impl Objects {
                         })
                     })
                     .collect();
-                service_frontends(svc, slices.iter().copied(), &self.node)
+                service_frontends(svc, slices.iter().copied(), &self.node, &self.node_ips)
             }
             None => Desired::new(),
         };

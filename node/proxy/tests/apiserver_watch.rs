@@ -138,6 +138,7 @@ async fn services_and_slices_from_the_apiserver_reach_the_kernel() -> Result<()>
         slots: 256,
         revnat: 256,
         affinity: 256,
+        ct: 1024,
     };
     let _pins = Pins {
         bpffs: config.bpffs.clone(),

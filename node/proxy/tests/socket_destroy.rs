@@ -194,6 +194,7 @@ fn sockets_to_a_removed_backend_are_destroyed_and_direct_ones_kept() -> Result<(
         slots: 256,
         revnat: 1024,
         affinity: 256,
+        ct: 1024,
     };
     let _pins = Pins {
         bpffs: config.bpffs.clone(),

@@ -106,6 +106,111 @@ impl Lab {
     }
 }
 
+/// A node lab for the tc NodePort path, all inside namespaces of its own:
+///
+/// - `outside`: the client, 10.251.0.1 on a bridge `br0` that joins the nodes' external
+///   interfaces (the "network"); routes 10.252.0.0/24 (external and load-balancer IPs)
+///   via node 1;
+/// - `node1`: external interface `eth0` 10.251.0.2, pods behind `pods` (10.244.1.1/24),
+///   route to node 2's pods via 10.251.0.3, forwarding on;
+/// - `pods1`: node 1's pods, 10.244.1.10, .11, ... on `eth0`, routes to the lab's
+///   networks (10.251.0.0/24, 10.244.0.0/16) via the node;
+/// - `node2` (10.251.0.3) and `pods2` (10.244.2.10, ...): the second node, route to node
+///   1's pods via 10.251.0.2.
+///
+/// No route leads out of the lab.
+#[derive(Debug)]
+pub struct NodeLab {
+    /// The client side.
+    pub outside: Netns,
+    /// The node under test.
+    pub node1: Netns,
+    /// Its pods.
+    pub pods1: Netns,
+    /// The other node.
+    pub node2: Netns,
+    /// Its pods.
+    pub pods2: Netns,
+    /// Node 1's pod addresses.
+    pub pod1_addrs: Vec<Ipv4Addr>,
+    /// Node 2's pod addresses.
+    pub pod2_addrs: Vec<Ipv4Addr>,
+}
+
+impl NodeLab {
+    /// The client's address.
+    pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 1);
+    /// Node 1's external address.
+    pub const NODE1: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 2);
+    /// Node 2's external address.
+    pub const NODE2: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 3);
+    /// Node 1's external interface.
+    pub const EXTERNAL_IF: &'static str = "eth0";
+
+    /// Builds the lab with `pods1` pod addresses on node 1 and `pods2` on node 2.
+    pub fn new(pods1: u8, pods2: u8) -> Result<Self> {
+        let outside = Netns::new("outside")?;
+        let node1 = Netns::new("node1")?;
+        let pods1_ns = Netns::new("pods1")?;
+        let node2 = Netns::new("node2")?;
+        let pods2_ns = Netns::new("pods2")?;
+        outside.ip(&["link", "add", "br0", "type", "bridge"])?;
+        outside.ip(&["link", "set", "br0", "up"])?;
+        outside.ip(&["addr", "add", "10.251.0.1/24", "dev", "br0"])?;
+        outside.ip(&["route", "add", "10.252.0.0/24", "via", "10.251.0.2"])?;
+        let mut pod1_addrs = Vec::new();
+        let mut pod2_addrs = Vec::new();
+        for (i, node, pods, count, addrs) in [
+            (1u8, &node1, &pods1_ns, pods1, &mut pod1_addrs),
+            (2u8, &node2, &pods2_ns, pods2, &mut pod2_addrs),
+        ] {
+            let port = format!("n{i}");
+            connect(&outside, &port, node, Self::EXTERNAL_IF)?;
+            outside.ip(&["link", "set", &port, "master", "br0"])?;
+            node.ip(&[
+                "addr",
+                "add",
+                &format!("10.251.0.{}/24", i + 1),
+                "dev",
+                Self::EXTERNAL_IF,
+            ])?;
+            connect(node, "pods", pods, "eth0")?;
+            node.ip(&["addr", "add", &format!("10.244.{i}.1/24"), "dev", "pods"])?;
+            let other = 3 - i;
+            node.ip(&[
+                "route",
+                "add",
+                &format!("10.244.{other}.0/24"),
+                "via",
+                &format!("10.251.0.{}", other + 1),
+            ])?;
+            node.enable_forwarding()?;
+            for p in 0..count {
+                let addr = Ipv4Addr::new(10, 244, i, 10 + p);
+                pods.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+                addrs.push(addr);
+            }
+            let nets: &[&str] = if count == 0 {
+                &[]
+            } else {
+                &["10.251.0.0/24", "10.244.0.0/16"]
+            };
+            for net in nets {
+                pods.ip(&["route", "add", net, "via", &format!("10.244.{i}.1")])?;
+            }
+        }
+        Ok(Self {
+            outside,
+            node1,
+            pods1: pods1_ns,
+            node2,
+            pods2: pods2_ns,
+            pod1_addrs,
+            pod2_addrs,
+        })
+    }
+}
+
 /// TCP and UDP echo servers in a namespace: each answers a request with its own
 /// address, and counts what it served.
 #[derive(Debug)]
@@ -118,6 +223,16 @@ pub struct EchoServers {
 impl EchoServers {
     /// Starts a TCP and a UDP server on each `addr:port` inside the namespace at `netns`.
     pub fn start(netns: &Path, addrs: &[Ipv4Addr], port: u16) -> Result<Self> {
+        Self::start_with(netns, addrs, port, false)
+    }
+
+    /// Like [`EchoServers::start`], but each reply is `<own address>|<peer ip:port>`: the
+    /// peer as the server saw it (to check source NAT, or its absence).
+    pub fn start_reporting_peer(netns: &Path, addrs: &[Ipv4Addr], port: u16) -> Result<Self> {
+        Self::start_with(netns, addrs, port, true)
+    }
+
+    fn start_with(netns: &Path, addrs: &[Ipv4Addr], port: u16, peer: bool) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let hits = Arc::new(Mutex::new(BTreeMap::new()));
         let mut servers = Self {
@@ -152,7 +267,7 @@ impl EchoServers {
                             return;
                         }
                     };
-                    serve(server, local, &stop, &hits);
+                    serve(server, local, peer, &stop, &hits);
                 });
                 servers.threads.push(thread);
                 ready_rx
@@ -177,10 +292,17 @@ enum Either {
 fn serve(
     server: Either,
     local: SocketAddr,
+    report_peer: bool,
     stop: &AtomicBool,
     hits: &Mutex<BTreeMap<String, u64>>,
 ) {
-    let reply = local.ip().to_string();
+    let reply = |peer: SocketAddr| {
+        if report_peer {
+            format!("{}|{peer}", local.ip())
+        } else {
+            local.ip().to_string()
+        }
+    };
     let count = |proto: &str| {
         if let Ok(mut hits) = hits.lock() {
             *hits.entry(format!("{} {proto}", local.ip())).or_default() += 1;
@@ -189,12 +311,12 @@ fn serve(
     while !stop.load(Ordering::Relaxed) {
         match &server {
             Either::Tcp(listener) => match listener.accept() {
-                Ok((mut stream, _)) => {
+                Ok((mut stream, peer)) => {
                     let _ = stream.set_nonblocking(false);
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
                     let mut buf = [0u8; 64];
                     if stream.read(&mut buf).is_ok() {
-                        let _ = stream.write_all(reply.as_bytes());
+                        let _ = stream.write_all(reply(peer).as_bytes());
                         count("tcp");
                     }
                 }
@@ -203,7 +325,7 @@ fn serve(
             Either::Udp(socket) => {
                 let mut buf = [0u8; 64];
                 if let Ok((_, from)) = socket.recv_from(&mut buf) {
-                    let _ = socket.send_to(reply.as_bytes(), from);
+                    let _ = socket.send_to(reply(from).as_bytes(), from);
                     count("udp");
                 }
             }

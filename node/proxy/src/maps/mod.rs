@@ -11,7 +11,7 @@ pub use memory::MemoryMaps;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ferrokube_ebpf_common::{
-    Backend, Counters, FAMILY_V4, FAMILY_V6, ServiceKey, ServiceValue, SlotKey,
+    BACKEND_LOCAL, Backend, Counters, FAMILY_V4, FAMILY_V6, ServiceKey, ServiceValue, SlotKey,
 };
 
 use crate::model::{BackendAddr, Frontend, Protocol};
@@ -42,6 +42,20 @@ pub enum MapsError {
     /// The number of CPUs (for per-CPU maps) is unknown.
     #[error("cannot read the number of CPUs: {0}")]
     Cpus(String),
+}
+
+impl MapsError {
+    /// Is this "no such map" (a pin that is not there)?
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            Self::Missing(_) => true,
+            Self::Kernel {
+                source: aya::maps::MapError::SyscallError(e),
+                ..
+            } => e.io_error.kind() == std::io::ErrorKind::NotFound,
+            _ => false,
+        }
+    }
 }
 
 /// Everything the maps hold that the sync layer owns, read back for adoption.
@@ -137,6 +151,8 @@ impl BackendAddr {
             port: self.port.to_be(),
             proto: self.proto.number(),
             family,
+            flags: if self.local { BACKEND_LOCAL } else { 0 },
+            pad: [0; 3],
         }
     }
 
@@ -146,6 +162,7 @@ impl BackendAddr {
             ip: words_addr(value.addr, value.family)?,
             port: u16::from_be(value.port),
             proto: Protocol::from_number(value.proto)?,
+            local: value.flags & BACKEND_LOCAL != 0,
         })
     }
 }

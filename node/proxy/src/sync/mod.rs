@@ -13,13 +13,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use ferrokube_ebpf_common::{ServiceValue, SlotKey};
+use std::net::Ipv4Addr;
+
+use ferrokube_ebpf_common::{SERVICE_EXTERNAL, ServiceValue, SlotKey};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tracing::{debug, warn};
 
 use crate::maps::{MapOps, MapsError};
-use crate::model::{BackendAddr, Change, Desired, Frontend, FrontendSpec, Objects};
+use crate::model::{BackendAddr, Change, Desired, Frontend, FrontendSpec, ObjectRef, Objects};
 
 /// Errors applying desired state.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +145,7 @@ struct Applied {
     service_id: u32,
     slots: Vec<u32>,
     affinity_timeout: u32,
+    flags: u32,
 }
 
 /// Map sizes the sync layer allocates ids within.
@@ -259,6 +262,7 @@ impl<M: MapOps> Syncer<M> {
                     service_id: value.service_id,
                     slots: list,
                     affinity_timeout: value.affinity_timeout,
+                    flags: value.flags,
                 },
             );
         }
@@ -330,7 +334,9 @@ impl<M: MapOps> Syncer<M> {
 
     fn apply_snapshot(&mut self, objects: Vec<Object>) -> Result<ApplyStats, SyncError> {
         let node = self.objects.node_name().to_string();
+        let node_ips = self.objects.node_ips().to_vec();
         self.objects = Objects::new(node);
+        self.objects.set_node_ips(node_ips);
         for object in objects {
             let change = match object {
                 Object::Service(s) => Change::Service(s),
@@ -348,8 +354,26 @@ impl<M: MapOps> Syncer<M> {
         self.apply_frontends(frontends)
     }
 
+    /// Sets the node's addresses (NodePort frontends are made on each) and applies the
+    /// NodePort frontends that come and go with them.
+    pub fn set_node_ips(&mut self, ips: Vec<Ipv4Addr>) -> Result<ApplyStats, SyncError> {
+        self.objects.set_node_ips(ips);
+        let touched = self.objects.service_refs();
+        let result = self.apply_touched(touched);
+        if result.is_err()
+            && let Err(e) = self.readopt()
+        {
+            warn!(error = %e, "rereading the maps after a failed apply failed");
+        }
+        result
+    }
+
     fn apply_change(&mut self, change: Change) -> Result<ApplyStats, SyncError> {
         let touched = self.objects.apply(change);
+        self.apply_touched(touched)
+    }
+
+    fn apply_touched(&mut self, touched: BTreeSet<ObjectRef>) -> Result<ApplyStats, SyncError> {
         let mut frontends = BTreeSet::new();
         for service in touched {
             let (before, after) = self.objects.recompute(&service);
@@ -449,7 +473,10 @@ impl<M: MapOps> Syncer<M> {
             }
         };
         let old_affinity = existing.as_ref().map(|a| a.affinity_timeout).unwrap_or(0);
-        if !is_new && old_slots == new_slots && old_affinity == spec.affinity_timeout {
+        let old_flags = existing.as_ref().map(|a| a.flags).unwrap_or(0);
+        let flags = if spec.external { SERVICE_EXTERNAL } else { 0 };
+        let value_changed = old_affinity != spec.affinity_timeout || old_flags != flags;
+        if !is_new && old_slots == new_slots && !value_changed {
             // Nothing changed; the backend ids were all known.
             return Ok(stats);
         }
@@ -471,14 +498,14 @@ impl<M: MapOps> Syncer<M> {
                 stats.slot_writes += 1;
             }
         }
-        if is_new || old_slots.len() != new_slots.len() || old_affinity != spec.affinity_timeout {
+        if is_new || old_slots.len() != new_slots.len() || value_changed {
             self.maps.put_service(
                 &frontend.key(),
                 &ServiceValue {
                     service_id,
                     count: new_slots.len() as u32,
                     affinity_timeout: spec.affinity_timeout,
-                    flags: 0,
+                    flags,
                 },
             )?;
             stats.service_writes += 1;
@@ -496,6 +523,7 @@ impl<M: MapOps> Syncer<M> {
                 service_id,
                 slots: new_slots,
                 affinity_timeout: spec.affinity_timeout,
+                flags,
             },
         );
         self.release_backends(old_slots, &mut stats)?;

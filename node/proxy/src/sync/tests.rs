@@ -305,14 +305,14 @@ fn terminating_endpoints_serve_only_when_nothing_is_ready() {
             .map(|b| b.ip.to_string())
             .collect()
     };
-    let desired = crate::model::service_frontends(&svc, [sl.as_ref()], "node-a");
+    let desired = crate::model::service_frontends(&svc, [sl.as_ref()], "node-a", &[]);
     assert_eq!(
         ips(&desired),
         ["10.0.0.1"],
         "terminating endpoints get no new connections"
     );
     sl.endpoints = Some(vec![endpoint("10.0.0.2", false, true, "node-b")]);
-    let desired = crate::model::service_frontends(&svc, [sl.as_ref()], "node-a");
+    let desired = crate::model::service_frontends(&svc, [sl.as_ref()], "node-a", &[]);
     assert_eq!(
         ips(&desired),
         ["10.0.0.2"],
@@ -328,8 +328,106 @@ fn terminating_endpoints_serve_only_when_nothing_is_ready() {
         endpoint("10.0.0.1", true, false, "node-a"),
         endpoint("10.0.0.3", true, false, "node-b"),
     ]);
-    let desired = crate::model::service_frontends(&local, [sl.as_ref()], "node-a");
+    let desired = crate::model::service_frontends(&local, [sl.as_ref()], "node-a", &[]);
     assert_eq!(ips(&desired), ["10.0.0.1"]);
+}
+
+#[test]
+fn nodeport_frontends_are_external_and_honour_external_traffic_policy() {
+    let Object::Service(mut svc) = service("web", "10.96.0.10", &[("http", 80, "TCP")]) else {
+        unreachable!()
+    };
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.type_ = Some("NodePort".into());
+        spec.external_ips = Some(vec!["10.252.0.10".into()]);
+        spec.external_traffic_policy = Some("Local".into());
+        for port in spec.ports.iter_mut().flatten() {
+            port.node_port = Some(30080);
+        }
+    }
+    let Object::Slice(mut sl) = slice("web", "web-1", ("http", 8080, "TCP"), &[]) else {
+        unreachable!()
+    };
+    let endpoint = |ip: &str, node: &str| Endpoint {
+        addresses: vec![ip.into()],
+        node_name: Some(node.into()),
+        ..Default::default()
+    };
+    sl.endpoints = Some(vec![
+        endpoint("10.0.0.1", "node-a"),
+        endpoint("10.0.0.2", "node-b"),
+    ]);
+    let node_ips = [
+        "192.168.1.5".parse().unwrap(),
+        "192.168.2.5".parse().unwrap(),
+    ];
+    let desired = crate::model::service_frontends(&svc, [sl.as_ref()], "node-a", &node_ips);
+    let show = |d: &crate::model::Desired| -> Vec<String> {
+        d.iter()
+            .map(|(f, spec)| {
+                let backends: Vec<String> = spec
+                    .backends
+                    .iter()
+                    .map(|b| format!("{}{}", b.ip, if b.local { "(local)" } else { "" }))
+                    .collect();
+                format!("{f} external={} {}", spec.external, backends.join(","))
+            })
+            .collect()
+    };
+    assert_eq!(
+        show(&desired),
+        [
+            "10.96.0.10:80/TCP external=false 10.0.0.1(local),10.0.0.2",
+            "10.252.0.10:80/TCP external=true 10.0.0.1(local)",
+            "192.168.1.5:30080/TCP external=true 10.0.0.1(local)",
+            "192.168.2.5:30080/TCP external=true 10.0.0.1(local)",
+        ]
+    );
+    // A ClusterIP Service ignores a stray nodePort.
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.type_ = Some("ClusterIP".into());
+        spec.external_ips = None;
+    }
+    let desired = crate::model::service_frontends(&svc, [sl.as_ref()], "node-a", &node_ips);
+    assert_eq!(desired.len(), 1);
+}
+
+#[test]
+fn node_ips_add_nodeport_frontends_with_the_external_flag() {
+    let mut syncer = syncer();
+    let Object::Service(mut svc) = service("web", "10.96.0.10", &[("http", 80, "TCP")]) else {
+        unreachable!()
+    };
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.type_ = Some("NodePort".into());
+        for port in spec.ports.iter_mut().flatten() {
+            port.node_port = Some(30080);
+        }
+    }
+    syncer
+        .apply(Input::Snapshot(vec![
+            Object::Service(svc),
+            slice("web", "web-1", ("http", 8080, "TCP"), &[("10.0.0.1", true)]),
+        ]))
+        .unwrap();
+    assert_eq!(syncer.maps().services.len(), 1, "no node address yet");
+    let stats = syncer
+        .set_node_ips(vec!["192.168.1.5".parse().unwrap()])
+        .unwrap();
+    assert_eq!(stats.service_writes, 1);
+    assert_eq!(stats.slot_writes, 1);
+    assert_eq!(stats.backend_writes, 0, "the backend is shared");
+    let flags: Vec<(u16, u32)> = syncer
+        .maps()
+        .services
+        .values()
+        .map(|(k, v)| (u16::from_be(k.port), v.flags))
+        .collect();
+    assert!(flags.contains(&(80, 0)), "{flags:?}");
+    assert!(flags.contains(&(30080, SERVICE_EXTERNAL)), "{flags:?}");
+    // A later snapshot keeps the node address.
+    let stats = syncer.apply(Input::Snapshot(vec![])).unwrap();
+    assert_eq!(stats.service_deletes, 2);
 }
 
 #[test]

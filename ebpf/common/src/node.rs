@@ -1,0 +1,30 @@
+//! This node's own settings, one entry of an array map written by the loader.
+
+/// What the tc programs need to know about the node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NodeConfig {
+    /// The address flows to remote backends are SNATed to, network byte order (IPv4 in
+    /// word 0); all zero: no SNAT, remote backends are not used from outside.
+    pub snat_addr: [u32; 4],
+    /// `AF_INET` or `AF_INET6` (zero when unset).
+    pub family: u8,
+    /// Zero.
+    pub pad: u8,
+    /// First SNAT source port (host byte order).
+    pub snat_port_min: u16,
+    /// Number of SNAT source ports from `snat_port_min`.
+    pub snat_ports: u16,
+    /// Zero.
+    pub pad2: u16,
+    /// A SNAT port whose flow closed (FIN/RST) or whose UDP flow went quiet is reused
+    /// after this many seconds.
+    pub closed_reuse_secs: u32,
+    /// A SNAT port whose TCP flow sent nothing for this many seconds is reused.
+    pub idle_reuse_secs: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 32);
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for NodeConfig {}
