@@ -1521,6 +1521,72 @@ pub async fn pod_sandbox_stats(lab: &mut Lab) -> Result<()> {
     Ok(())
 }
 
+/// PullImage with the CRI AuthConfig from a registry that wants Basic auth (htpasswd):
+/// anonymous and wrong passwords are refused and store nothing; a user name and password,
+/// and the docker-config `auth` form (base64 of `user:password`), both pull.
+pub async fn pull_image_with_credentials(lab: &mut Lab) -> Result<()> {
+    // A bcrypt (cost 4) hash of "s3cret", made once with Python's crypt module: the
+    // registry's htpasswd input, not an expected output.
+    const HTPASSWD: &str = "lab:$2b$04$hRLxD29HNyoYZaBImMepaeJDK1IMUqYVbBZmI1xwcb7yLksJdRT7.";
+    let _registry = lab.start_registry_with(Some((HTPASSWD, "lab:s3cret")))?;
+    let image = lab.image.clone();
+    lab.push_as(&image, "private/busybox", "v1", "lab:s3cret")?;
+    lab.push_as(&image, "private/busybox", "v2", "lab:s3cret")?;
+    let name = |tag: &str| format!("{}/private/busybox:{tag}", crate::harness::REGISTRY);
+    let request = |tag: &str, auth: Option<cri::AuthConfig>| cri::PullImageRequest {
+        image: spec(&name(tag)),
+        auth,
+        sandbox_config: None,
+    };
+    let basic = |password: &str| cri::AuthConfig {
+        username: "lab".into(),
+        password: password.into(),
+        ..Default::default()
+    };
+
+    let anonymous = lab.images.pull_image(request("v1", None)).await;
+    ensure!(
+        anonymous.is_err(),
+        "anonymous pull succeeded: {anonymous:?}"
+    );
+    let wrong = lab
+        .images
+        .pull_image(request("v1", Some(basic("wrong"))))
+        .await;
+    ensure!(
+        wrong.is_err(),
+        "pull with a wrong password succeeded: {wrong:?}"
+    );
+    ensure!(
+        status(lab, &name("v1")).await?.is_none(),
+        "a refused pull stored the image"
+    );
+
+    lab.images
+        .pull_image(request("v1", Some(basic("s3cret"))))
+        .await
+        .context("pull with user name and password")?;
+    let found = status(lab, &name("v1"))
+        .await?
+        .context("pulled image not found")?;
+    ensure!(found.id == image.config_digest, "{found:?}");
+
+    // "lab:s3cret" in base64, as a docker config.json `auth` field carries it.
+    let encoded = cri::AuthConfig {
+        auth: "bGFiOnMzY3JldA==".into(),
+        ..Default::default()
+    };
+    lab.images
+        .pull_image(request("v2", Some(encoded)))
+        .await
+        .context("pull with the auth field")?;
+    let found = status(lab, &name("v2"))
+        .await?
+        .context("image pulled with the auth field not found")?;
+    ensure!(found.repo_tags.contains(&name("v2")), "{found:?}");
+    Ok(())
+}
+
 /// PullImage from a registry (Debian's docker-registry in the lab namespace, plain HTTP):
 /// the image lands under its name with the pushed config as its ID, runs, and a missing
 /// tag is an error that adds nothing.

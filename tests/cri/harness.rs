@@ -258,6 +258,12 @@ impl Lab {
     /// HTTP: containerd is told so by `certs.d/<host>/hosts.toml`, ours by
     /// `--insecure-registry`). Stopped on drop (and by the lab's cleanup).
     pub fn start_registry(&self) -> Result<Registry> {
+        self.start_registry_with(None)
+    }
+
+    /// [`Lab::start_registry`], with htpasswd auth when `htpasswd` (a `user:bcrypt-hash`
+    /// line) is given; `credentials` (`user:password`) is what the readiness probe uses.
+    pub fn start_registry_with(&self, auth: Option<(&str, &str)>) -> Result<Registry> {
         let bin = "/usr/bin/docker-registry";
         ensure!(
             Path::new(bin).exists(),
@@ -273,13 +279,19 @@ impl Lab {
             ),
         )?;
         let config = d.join("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {REGISTRY}\n",
-                d.join("registry").display()
-            ),
-        )?;
+        let mut text = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {REGISTRY}\n",
+            d.join("registry").display()
+        );
+        if let Some((htpasswd, _)) = auth {
+            let file = d.join("htpasswd");
+            std::fs::write(&file, format!("{htpasswd}\n"))?;
+            text.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: ferrokube-lab\n    path: {}\n",
+                file.display()
+            ));
+        }
+        std::fs::write(&config, text)?;
         let log = std::fs::File::create(d.join("registry.log"))?;
         let child = self
             .node
@@ -293,9 +305,8 @@ impl Lab {
         let registry = Registry { child };
         wait_for("the registry", Duration::from_secs(30), || {
             Ok(self
-                .node
-                .command("curl")
-                .args(["-sf", &format!("http://{REGISTRY}/v2/")])
+                .curl(auth.map_or("", |(_, credentials)| credentials))
+                .arg(format!("http://{REGISTRY}/v2/"))
                 .output()?
                 .status
                 .success()
@@ -307,6 +318,27 @@ impl Lab {
     /// Pushes a test image (its OCI archive) to the lab registry as `repo:tag` with curl
     /// (blob uploads, then the manifest).
     pub fn push(&self, image: &TestImage, repo: &str, tag: &str) -> Result<()> {
+        self.push_as(image, repo, tag, "")
+    }
+
+    /// `curl -sf` in the lab namespace, with `-u credentials` unless they are empty.
+    fn curl(&self, credentials: &str) -> Command {
+        let mut curl = self.node.command("curl");
+        curl.arg("-sf");
+        if !credentials.is_empty() {
+            curl.args(["-u", credentials]);
+        }
+        curl
+    }
+
+    /// [`Lab::push`] with `credentials` (`user:password`, or empty for none).
+    pub fn push_as(
+        &self,
+        image: &TestImage,
+        repo: &str,
+        tag: &str,
+        credentials: &str,
+    ) -> Result<()> {
         let dir = tempfile::Builder::new()
             .prefix("push")
             .tempdir_in(self.dir.path())?;
@@ -328,8 +360,7 @@ impl Lab {
             digests.push(layer["digest"].as_str().unwrap_or_default().to_string());
         }
         for digest in digests {
-            let headers = run(self.node.command("curl").args([
-                "-sf",
+            let headers = run(self.curl(credentials).args([
                 "-X",
                 "POST",
                 "-D",
@@ -352,8 +383,7 @@ impl Lab {
                 format!("http://{REGISTRY}{location}")
             };
             let sep = if url.contains('?') { '&' } else { '?' };
-            run(self.node.command("curl").args([
-                "-sf",
+            run(self.curl(credentials).args([
                 "-X",
                 "PUT",
                 "-H",
@@ -363,8 +393,7 @@ impl Lab {
                 &format!("{url}{sep}digest={digest}"),
             ]))?;
         }
-        run(self.node.command("curl").args([
-            "-sf",
+        run(self.curl(credentials).args([
             "-X",
             "PUT",
             "-H",

@@ -82,4 +82,5 @@ cases!(
     crictl_drives_the_runtime,
     pod_sandbox_stats,
     pull_image_from_a_registry,
+    pull_image_with_credentials,
 );

@@ -484,6 +484,7 @@ impl ImageService for Images {
         let credentials = Credentials {
             username: auth.username,
             password: auth.password,
+            auth: auth.auth,
             registry_token: auth.registry_token,
         };
         let record = self
@@ -491,7 +492,9 @@ impl ImageService for Images {
             .pull(&image, &credentials)
             .await
             .map_err(|e| match &e {
-                PullError::Reference(_) => Status::invalid_argument(e.to_string()),
+                PullError::Reference(_) | PullError::Credentials(_) => {
+                    Status::invalid_argument(e.to_string())
+                }
                 PullError::NotFound(_) => Status::not_found(e.to_string()),
                 PullError::Unauthorized(..) => Status::permission_denied(e.to_string()),
                 _ => Status::unknown(e.to_string()),
