@@ -429,6 +429,11 @@ impl Lab {
         command
     }
 
+    /// The runtime daemon's PID (ours or containerd).
+    pub fn daemon_pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log_tail(&self) -> String {
         tail(self.dir.path())
     }

@@ -61,9 +61,9 @@ enum Bench {
     /// CRI runtime: RunPodSandbox, Create/Start/Stop container, Stop+Remove sandbox,
     /// p50/p99 per phase, ours vs containerd 1.6.
     Runtime {
-        /// Rounds per runtime.
-        #[arg(long, default_value_t = 30)]
-        rounds: usize,
+        /// Pods per runtime, all running at once before the memory is sampled.
+        #[arg(long, default_value_t = 50)]
+        pods: usize,
     },
     /// CNI plugin: ADD then DEL per pod, p50/p99, ours vs reference bridge + host-local.
     Cni {
@@ -476,11 +476,9 @@ fn bench(which: Bench) -> Result<()> {
         Bench::Cni { pods } => {
             cargo_bench("ferrokube", "cni", &["--pods".into(), pods.to_string()])
         }
-        Bench::Runtime { rounds } => cargo_bench(
-            "ferrokube",
-            "runtime",
-            &["--rounds".into(), rounds.to_string()],
-        ),
+        Bench::Runtime { pods } => {
+            cargo_bench("ferrokube", "runtime", &["--pods".into(), pods.to_string()])
+        }
         Bench::Dataplane { sizes } => {
             cargo_bench("ferrokube-proxy", "dataplane", &["--sizes".into(), sizes])
         }
