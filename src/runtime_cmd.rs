@@ -33,6 +33,9 @@ pub struct RuntimeArgs {
     /// A registry (`host[:port]`) to pull from over plain HTTP; repeatable.
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+    /// TCP address of the streaming server (Exec URLs); port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub streaming_addr: std::net::SocketAddr,
 }
 
 /// The per-container monitor the runtime starts (not for humans).
@@ -92,6 +95,7 @@ pub async fn run(args: RuntimeArgs) -> Result<()> {
         oci_runtime: args.oci_runtime,
         shim: std::env::current_exe().context("locating the running binary")?,
         insecure_registries: args.insecure_registries,
+        streaming_addr: args.streaming_addr,
     };
     let shutdown = async {
         let mut term =

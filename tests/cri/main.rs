@@ -9,6 +9,7 @@
 
 mod cases;
 mod harness;
+mod stream;
 
 use anyhow::{Context, Result};
 use harness::{Kind, Lab};
@@ -82,4 +83,6 @@ cases!(
     crictl_drives_the_runtime,
     pod_sandbox_stats,
     pull_image_from_a_registry,
+    exec_streams_over_websocket,
+    exec_negotiates_v5_and_half_closes_stdin,
 );

@@ -284,6 +284,38 @@ impl Containers {
         Phase::Unknown
     }
 
+    /// A running container by ID or unique prefix: `WrongState` when it is not running.
+    pub fn running(&self, id: &str) -> Result<Record, ContainerError> {
+        let record = self.get(id)?;
+        if self.phase(&record) != Phase::Running {
+            return Err(ContainerError::WrongState(record.id, "not running"));
+        }
+        Ok(record)
+    }
+
+    /// `runc exec [--tty] <id> <cmd...>` for a running container (killed when dropped);
+    /// the caller sets its stdio. With `tty`, runc allocates the container's terminal and
+    /// relays it to its own stdio, which must then be a terminal (see
+    /// [`crate::streaming`]).
+    pub fn exec_command(
+        &self,
+        id: &str,
+        cmd: &[String],
+        tty: bool,
+    ) -> Result<tokio::process::Command, ContainerError> {
+        let record = self.running(id)?;
+        if cmd.is_empty() {
+            return Err(ContainerError::Invalid("exec needs a command".into()));
+        }
+        let mut command = tokio::process::Command::new(&self.runc);
+        command.arg("--root").arg(&self.runc_root).arg("exec");
+        if tty {
+            command.arg("--tty");
+        }
+        command.arg(&record.id).args(cmd).kill_on_drop(true);
+        Ok(command)
+    }
+
     /// CPU and memory from the container's cgroup v1 files, and its writable layer (the
     /// overlay upper directory).
     pub fn usage(&self, record: &Record) -> Usage {
@@ -686,23 +718,11 @@ impl Containers {
         cmd: &[String],
         timeout: Option<Duration>,
     ) -> Result<(Vec<u8>, Vec<u8>, i32), ContainerError> {
-        let record = self.get(id)?;
-        if self.phase(&record) != Phase::Running {
-            return Err(ContainerError::WrongState(record.id, "not running"));
-        }
-        if cmd.is_empty() {
-            return Err(ContainerError::Invalid("exec needs a command".into()));
-        }
-        let child = tokio::process::Command::new(&self.runc)
-            .arg("--root")
-            .arg(&self.runc_root)
-            .arg("exec")
-            .arg(&record.id)
-            .args(cmd)
+        let child = self
+            .exec_command(id, cmd, false)?
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .map_err(io_err("running runc exec"))?;
         let output = child.wait_with_output();

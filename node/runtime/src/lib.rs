@@ -31,3 +31,4 @@ pub mod server;
 pub mod service;
 pub mod shim;
 pub mod store;
+pub mod streaming;

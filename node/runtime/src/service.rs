@@ -17,6 +17,7 @@ use crate::container::{ContainerError, Containers, Phase, Record};
 use crate::pull::{Credentials, PullError, Puller};
 use crate::sandbox::{Metadata, Sandbox, SandboxError, Sandboxes, Spec, State};
 use crate::store::{ImageRecord, ImageStore, StoreError};
+use crate::streaming::{ExecRequest, Pending, Streaming, StreamingError};
 
 /// Errors of the service layer, before they become gRPC statuses.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,9 @@ pub enum ServiceError {
     /// A container operation failed.
     #[error(transparent)]
     Container(#[from] ContainerError),
+    /// The streaming server refused the request.
+    #[error(transparent)]
+    Streaming(#[from] StreamingError),
     /// A blocking task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -61,6 +65,9 @@ impl From<ServiceError> for Status {
             }
             ServiceError::Container(ContainerError::WrongState(..)) => {
                 Status::failed_precondition(e.to_string())
+            }
+            ServiceError::Streaming(StreamingError::Token(_)) => {
+                Status::resource_exhausted(e.to_string())
             }
             _ => Status::internal(e.to_string()),
         }
@@ -538,14 +545,20 @@ impl ImageService for Images {
 pub struct Runtime {
     sandboxes: Arc<Sandboxes>,
     containers: Arc<Containers>,
+    streaming: Arc<Streaming>,
 }
 
 impl Runtime {
-    /// Serves `sandboxes` and `containers`.
-    pub fn new(sandboxes: Arc<Sandboxes>, containers: Arc<Containers>) -> Runtime {
+    /// Serves `sandboxes` and `containers`; streams through `streaming`.
+    pub fn new(
+        sandboxes: Arc<Sandboxes>,
+        containers: Arc<Containers>,
+        streaming: Arc<Streaming>,
+    ) -> Runtime {
         Runtime {
             sandboxes,
             containers,
+            streaming,
         }
     }
 
@@ -872,9 +885,39 @@ impl RuntimeService for Runtime {
     }
     async fn exec(
         &self,
-        _r: Request<cri::ExecRequest>,
+        request: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
-        unimplemented("Exec")
+        let r = request.into_inner();
+        // Upstream's validation, in its order.
+        if r.tty && r.stderr {
+            return Err(Status::invalid_argument(
+                "tty and stderr cannot both be true",
+            ));
+        }
+        if !r.stdin && !r.stdout && !r.stderr {
+            return Err(Status::invalid_argument(
+                "one of stdin, stdout, or stderr must be set",
+            ));
+        }
+        if r.cmd.is_empty() {
+            return Err(Status::invalid_argument("cmd must not be empty"));
+        }
+        let record = self
+            .containers
+            .running(&r.container_id)
+            .map_err(ServiceError::from)?;
+        let url = self
+            .streaming
+            .url(Pending::Exec(ExecRequest {
+                container_id: record.id,
+                cmd: r.cmd,
+                tty: r.tty,
+                stdin: r.stdin,
+                stdout: r.stdout,
+                stderr: r.stderr,
+            }))
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(cri::ExecResponse { url }))
     }
     async fn attach(
         &self,

@@ -1,0 +1,179 @@
+//! `ferrokube crictl exec`'s streaming side: opens the URL the runtime's Exec call returned
+//! as a WebSocket (offering `v5.channel.k8s.io`, then `v4.channel.k8s.io`), relays the
+//! local stdin/stdout/stderr over the channels and returns the exit code the error channel
+//! reports. With `-t` on a terminal, the local terminal is put in raw mode for the session
+//! and its size (initial and on SIGWINCH) sent on the resize channel.
+
+use std::io::{IsTerminal as _, Write as _};
+
+use anyhow::{Context, Result, bail};
+use futures::{SinkExt as _, StreamExt as _};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+const V5: &str = "v5.channel.k8s.io";
+const V4: &str = "v4.channel.k8s.io";
+
+/// Puts stdin's terminal in raw mode until dropped.
+struct RawMode {
+    saved: rustix::termios::Termios,
+}
+
+impl RawMode {
+    fn enter() -> Result<RawMode> {
+        let stdin = std::io::stdin();
+        let saved = rustix::termios::tcgetattr(&stdin).context("reading terminal settings")?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &raw)
+            .context("setting raw mode")?;
+        Ok(RawMode { saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(
+            std::io::stdin(),
+            rustix::termios::OptionalActions::Now,
+            &self.saved,
+        );
+    }
+}
+
+fn resize_message() -> Option<Message> {
+    let size = rustix::termios::tcgetwinsize(std::io::stdout()).ok()?;
+    let mut data = vec![4u8];
+    data.extend(
+        serde_json::json!({"Width": size.ws_col, "Height": size.ws_row})
+            .to_string()
+            .into_bytes(),
+    );
+    Some(Message::Binary(data.into()))
+}
+
+/// The exit code a final status reports.
+fn exit_code(status: &serde_json::Value) -> Result<i32> {
+    match status["status"].as_str() {
+        Some("Success") => Ok(0),
+        Some("Failure") if status["reason"] == "NonZeroExitCode" => status["details"]["causes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["reason"] == "ExitCode")
+            .and_then(|c| c["message"].as_str())
+            .and_then(|m| m.parse().ok())
+            .with_context(|| format!("no exit code in {status}")),
+        _ => bail!(
+            "exec failed: {}",
+            status["message"].as_str().unwrap_or("unknown error")
+        ),
+    }
+}
+
+/// Runs an exec session on `url`; the command's exit code.
+pub async fn exec(url: &str, stdin: bool, tty: bool) -> Result<i32> {
+    let ws_url = url
+        .strip_prefix("http://")
+        .map(|rest| format!("ws://{rest}"))
+        .with_context(|| format!("unsupported streaming URL {url}"))?;
+    let mut request = ws_url.as_str().into_client_request()?;
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", format!("{V5}, {V4}").parse()?);
+    let (ws, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    let v5 = response
+        .headers()
+        .get("Sec-WebSocket-Protocol")
+        .is_some_and(|p| p == V5);
+    let (mut sink, mut source) = ws.split();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(16);
+    let _raw = if tty && std::io::stdin().is_terminal() {
+        if let Some(m) = resize_message() {
+            let _ = tx.send(m).await;
+        }
+        let resizes = tx.clone();
+        tokio::spawn(async move {
+            let Ok(mut winch) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+            else {
+                return;
+            };
+            while winch.recv().await.is_some() {
+                if let Some(m) = resize_message()
+                    && resizes.send(m).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Some(RawMode::enter()?)
+    } else {
+        None
+    };
+    if stdin {
+        // A plain thread: a read blocked on a terminal must not hold the async runtime.
+        let input = tx.clone();
+        std::thread::spawn(move || {
+            use std::io::Read as _;
+            let mut local = std::io::stdin().lock();
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match local.read(&mut buf[1..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        buf[0] = 0;
+                        let message = Message::Binary(buf[..=n].to_vec().into());
+                        if input.blocking_send(message).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            if v5 {
+                let _ = input.blocking_send(Message::Binary(vec![255u8, 0].into()));
+            }
+        });
+    }
+    drop(tx);
+    tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if sink.send(m).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut status = None;
+    while let Some(message) = source.next().await {
+        let data = match message {
+            Ok(Message::Binary(data)) => data,
+            Ok(Message::Close(_)) => break,
+            Ok(_) => continue,
+            Err(_) if status.is_some() => break,
+            Err(e) => return Err(e).context("reading the exec stream"),
+        };
+        let Some((&channel, payload)) = data.split_first() else {
+            continue;
+        };
+        match channel {
+            1 => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(payload)?;
+                out.flush()?;
+            }
+            2 => {
+                let mut err = std::io::stderr().lock();
+                err.write_all(payload)?;
+                err.flush()?;
+            }
+            3 if !payload.is_empty() => status = Some(serde_json::from_slice(payload)?),
+            _ => {}
+        }
+    }
+    match status {
+        Some(status) => exit_code(&status),
+        None => bail!("the stream ended without a status"),
+    }
+}
