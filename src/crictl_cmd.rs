@@ -74,6 +74,13 @@ enum CrictlCommand {
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
+    /// Forward local TCP ports to a pod (PortForward + WebSocket), until interrupted.
+    PortForward {
+        pod: String,
+        /// `LOCAL:REMOTE` (or `PORT` for both); listens on 127.0.0.1.
+        #[arg(required = true)]
+        ports: Vec<String>,
+    },
     /// Print a container's log (its CRI log file, stdout and stderr to theirs).
     Logs { id: String },
     /// Stop containers (SIGTERM, SIGKILL after --grace seconds).
@@ -339,6 +346,9 @@ pub async fn run(args: CrictlArgs) -> Result<()> {
                 .url;
             let code = crate::crictl_stream::exec(&url, interactive, tty).await?;
             exit_with(code);
+        }
+        CrictlCommand::PortForward { pod, ports } => {
+            crate::crictl_stream::port_forward(runtime, pod, &ports).await?;
         }
         CrictlCommand::Exec { id, command, .. } => {
             let out = runtime

@@ -177,3 +177,130 @@ pub async fn exec(url: &str, stdin: bool, tty: bool) -> Result<i32> {
         None => bail!("the stream ended without a status"),
     }
 }
+
+/// `LOCAL:REMOTE` or `PORT`.
+fn parse_mapping(mapping: &str) -> Result<(u16, u16)> {
+    let parse = |p: &str| {
+        p.parse::<u16>()
+            .with_context(|| format!("bad port {p:?} in {mapping:?}"))
+    };
+    Ok(match mapping.split_once(':') {
+        Some((local, remote)) => (parse(local)?, parse(remote)?),
+        None => (parse(mapping)?, parse(mapping)?),
+    })
+}
+
+/// Listens on 127.0.0.1 for each `LOCAL:REMOTE` mapping; each accepted connection gets a
+/// PortForward call and its own WebSocket (the URLs are single-use).
+pub async fn port_forward(
+    runtime: k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    pod: String,
+    mappings: &[String],
+) -> Result<()> {
+    let mut listeners = Vec::new();
+    for mapping in mappings {
+        let (local, remote) = parse_mapping(mapping)?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", local))
+            .await
+            .with_context(|| format!("listening on 127.0.0.1:{local}"))?;
+        println!("Forwarding from {} -> {remote}", listener.local_addr()?);
+        listeners.push((listener, remote));
+    }
+    std::io::stdout().flush()?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (listener, remote) in listeners {
+        let runtime = runtime.clone();
+        let pod = pod.clone();
+        tasks.spawn(async move {
+            loop {
+                let Ok((conn, peer)) = listener.accept().await else {
+                    continue;
+                };
+                let mut runtime = runtime.clone();
+                let pod = pod.clone();
+                tokio::spawn(async move {
+                    let url = runtime
+                        .port_forward(k8s_cri::v1::PortForwardRequest {
+                            pod_sandbox_id: pod,
+                            port: vec![i32::from(remote)],
+                        })
+                        .await
+                        .map(|r| r.into_inner().url);
+                    let result = match url {
+                        Ok(url) => forward(&url, remote, conn).await,
+                        Err(e) => Err(e.into()),
+                    };
+                    if let Err(e) = result {
+                        eprintln!("forwarding {peer} -> {remote}: {e:#}");
+                    }
+                });
+            }
+        });
+    }
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+/// Relays one local connection through a port-forward URL.
+async fn forward(url: &str, port: u16, conn: tokio::net::TcpStream) -> Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let ws_url = url
+        .strip_prefix("http://")
+        .map(|rest| format!("ws://{rest}?port={port}"))
+        .with_context(|| format!("unsupported streaming URL {url}"))?;
+    let mut request = ws_url.as_str().into_client_request()?;
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", V4.parse()?);
+    let (ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    let (mut sink, mut source) = ws.split();
+    let (mut read, mut write) = conn.into_split();
+    // The first message on each of the two channels names the port.
+    let mut announced = [false; 2];
+    let upstream = async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            buf[0] = 0;
+            match read.read(&mut buf[1..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if sink
+                        .send(Message::Binary(buf[..=n].to_vec().into()))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = sink.close().await;
+    };
+    let downstream = async move {
+        while let Some(Ok(message)) = source.next().await {
+            let data = match message {
+                Message::Binary(data) => data,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let Some((&channel, payload)) = data.split_first() else {
+                continue;
+            };
+            let slot = usize::from(channel.min(1));
+            if !announced[slot] {
+                announced[slot] = true;
+                continue;
+            }
+            match channel {
+                0 if write.write_all(payload).await.is_err() => break,
+                1 => eprintln!("port-forward error: {}", String::from_utf8_lossy(payload)),
+                _ => {}
+            }
+        }
+        let _ = write.shutdown().await;
+    };
+    tokio::join!(upstream, downstream);
+    Ok(())
+}

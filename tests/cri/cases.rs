@@ -1755,3 +1755,112 @@ pub async fn exec_negotiates_v5_and_half_closes_stdin(lab: &mut Lab) -> Result<(
     remove_pod(lab, pod.0).await?;
     Ok(())
 }
+
+/// PortForward over WebSocket `v4.channel.k8s.io`: a container runs an echo server (busybox
+/// `nc -ll -e cat`), data goes through the forward to the pod's 127.0.0.1 and comes back;
+/// an unknown sandbox is NotFound.
+pub async fn port_forward_over_websocket(lab: &mut Lab) -> Result<()> {
+    let pod_id = run_pod(lab, "pfwd").await?;
+    let pod = (pod_id.as_str(), "pfwd");
+    let id = create(
+        lab,
+        pod,
+        container_config(lab, "echo", &["nc", "-ll", "-p", "8080", "-e", "/bin/cat"]),
+    )
+    .await?;
+    start(lab, &id).await?;
+    let request = || cri::PortForwardRequest {
+        pod_sandbox_id: pod_id.clone(),
+        port: vec![8080],
+    };
+    // The listener comes up asynchronously: retry the forward until it answers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let data = loop {
+        let url = lab.runtime.port_forward(request()).await?.into_inner().url;
+        ensure!(
+            url.starts_with("http://") && url.contains("/portforward/"),
+            "{url}"
+        );
+        match crate::stream::port_forward(lab, &url, 8080, b"ping through\n", b"ping through\n")
+            .await
+        {
+            Ok(data) => break data,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                let status = container_status(lab, &id).await?;
+                let log = std::fs::read_to_string(&status.log_path).unwrap_or_default();
+                return Err(e.context(format!(
+                    "port-forward never worked; echo server state {} exit {} log {log:?}",
+                    status.state, status.exit_code
+                )));
+            }
+        }
+    };
+    ensure!(data == b"ping through\n", "{data:?}");
+
+    // `ferrokube crictl port-forward` in the lab namespace: a local port relays to the pod.
+    let socket = format!("unix://{}", lab.dir.path().join("cri.sock").display());
+    let child = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", lab.node.path().display()))
+        .arg("--")
+        .arg(crate::harness::BIN)
+        .args([
+            "crictl",
+            "--runtime-endpoint",
+            &socket,
+            "port-forward",
+            &pod_id,
+            "18080:8080",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut forwarder = KillOnDrop(child);
+    let stdout = forwarder.0.stdout.take().context("stdout")?;
+    let line = tokio::task::block_in_place(|| -> Result<String> {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+        Ok(line)
+    })?;
+    ensure!(line.contains("127.0.0.1:18080 -> 8080"), "{line:?}");
+    let echoed = lab.node.run_in(|| {
+        let mut conn = TcpStream::connect("127.0.0.1:18080")?;
+        conn.set_read_timeout(Some(Duration::from_secs(20)))?;
+        conn.write_all(b"via crictl\n")?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while !got.ends_with(b"via crictl\n") {
+            let n = conn.read(&mut buf)?;
+            ensure!(n > 0, "closed after {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        Ok(got)
+    })?;
+    ensure!(echoed == b"via crictl\n", "{echoed:?}");
+    drop(forwarder);
+
+    let unknown = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    is_code(
+        lab.runtime
+            .port_forward(cri::PortForwardRequest {
+                pod_sandbox_id: unknown.into(),
+                port: vec![8080],
+            })
+            .await,
+        tonic::Code::NotFound,
+    )?;
+    remove_pod(lab, pod.0).await?;
+    Ok(())
+}
+
+/// A child process of the test, killed (by its PID) and reaped when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

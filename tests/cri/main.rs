@@ -85,4 +85,5 @@ cases!(
     pull_image_from_a_registry,
     exec_streams_over_websocket,
     exec_negotiates_v5_and_half_closes_stdin,
+    port_forward_over_websocket,
 );

@@ -197,3 +197,55 @@ async fn read_one(
     }
     Ok(true)
 }
+
+/// A port-forward session on one port: checks the server's port-announcing first
+/// messages, then sends `send` and reads the data channel until it holds `expect`.
+pub async fn port_forward(
+    lab: &Lab,
+    url: &str,
+    port: u16,
+    send: &[u8],
+    expect: &[u8],
+) -> Result<Vec<u8>> {
+    let url = format!("{url}?port={port}");
+    let (ws, _protocol) = match open(lab, &url, "v4.channel.k8s.io").await? {
+        Ok(opened) => opened,
+        Err(refused) => bail!("port-forward URL refused: {refused:?}"),
+    };
+    let (mut sink, mut source) = ws.split();
+    let mut announced = [false; 2];
+    let mut data = Vec::new();
+    let mut sent = false;
+    while !data.windows(expect.len()).any(|w| w == expect) {
+        if announced == [true, true] && !sent {
+            let mut frame = vec![0u8];
+            frame.extend_from_slice(send);
+            sink.send(Message::Binary(frame.into())).await?;
+            sent = true;
+        }
+        let message = match source.next().await {
+            Some(Ok(Message::Binary(message))) => message,
+            Some(Ok(Message::Close(_))) | None => {
+                bail!("port-forward closed early; data so far {data:?}")
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e).context("reading the port-forward stream"),
+        };
+        let Some((&channel, payload)) = message.split_first() else {
+            continue;
+        };
+        match (channel, announced[usize::from(channel.min(1))]) {
+            (0 | 1, false) => {
+                if payload != port.to_le_bytes() {
+                    bail!("channel {channel} announced {payload:?}, not port {port}");
+                }
+                announced[usize::from(channel)] = true;
+            }
+            (0, true) => data.extend_from_slice(payload),
+            (1, true) => bail!("port-forward error: {}", String::from_utf8_lossy(payload)),
+            _ => {}
+        }
+    }
+    let _ = sink.close().await;
+    Ok(data)
+}

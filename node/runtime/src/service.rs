@@ -927,9 +927,28 @@ impl RuntimeService for Runtime {
     }
     async fn port_forward(
         &self,
-        _r: Request<cri::PortForwardRequest>,
+        request: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        unimplemented("PortForward")
+        let r = request.into_inner();
+        let sandbox = self
+            .sandboxes
+            .get(&r.pod_sandbox_id)
+            .map_err(ServiceError::from)?;
+        if sandbox.state != State::Ready {
+            return Err(Status::failed_precondition(format!(
+                "pod sandbox {} is not ready",
+                sandbox.id
+            )));
+        }
+        // As upstream, the ports come from the URL's query, not from this request.
+        let url = self
+            .streaming
+            .url(Pending::PortForward {
+                netns: sandbox.namespace_path("net"),
+                sandbox_id: sandbox.id,
+            })
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(cri::PortForwardResponse { url }))
     }
     async fn container_stats(
         &self,

@@ -1,4 +1,4 @@
-//! The streaming server behind the CRI Exec (and later Attach and PortForward) calls.
+//! The streaming server behind the CRI Exec and PortForward (later Attach) calls.
 //!
 //! As upstream's CRI streaming server: the gRPC call validates the request and answers
 //! with a URL `http://<addr>/exec/<token>` naming it; the client (kubelet, crictl) then
@@ -8,10 +8,12 @@
 //! containerd's default).
 //!
 //! Built: exec over WebSocket with channel protocols v4 and v5 ([`websocket`], [`exec`]),
-//! with or without a terminal. Not built yet: SPDY/3.1, Attach, PortForward (those CRI
-//! calls still answer `Unimplemented`).
+//! with or without a terminal; port forwarding over WebSocket ([`portforward`]). Not
+//! built yet: SPDY/3.1 (a `SPDY/3.1` upgrade request is refused), Attach (the CRI call
+//! still answers `Unimplemented`).
 
 pub mod exec;
+pub mod portforward;
 pub mod tokens;
 pub mod websocket;
 
@@ -62,12 +64,21 @@ pub struct ExecRequest {
 pub enum Pending {
     /// `/exec/<token>`.
     Exec(ExecRequest),
+    /// `/portforward/<token>?port=...`: into the sandbox's network namespace (`None`:
+    /// the host's, for host-network pods).
+    PortForward {
+        /// The sandbox, for messages.
+        sandbox_id: String,
+        /// Its network namespace.
+        netns: Option<std::path::PathBuf>,
+    },
 }
 
 impl Pending {
     fn path(&self) -> &'static str {
         match self {
             Pending::Exec(_) => "exec",
+            Pending::PortForward { .. } => "portforward",
         }
     }
 }
@@ -141,17 +152,19 @@ impl Streaming {
         // The error type is tungstenite's.
         #[allow(clippy::result_large_err)]
         let callback = |request: &Request, mut response: Response| {
-            let (pending, protocol) = self
+            let (pending, protocol, ports) = self
                 .accept(request)
                 .map_err(|(status, message)| refuse(status, message))?;
-            response
-                .headers_mut()
-                .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(protocol));
-            accepted = Some((pending, protocol));
+            if let Some(protocol) = protocol {
+                response
+                    .headers_mut()
+                    .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(protocol));
+            }
+            accepted = Some((pending, protocol.unwrap_or_default(), ports));
             Ok(response)
         };
         let ws = tokio_tungstenite::accept_hdr_async(stream, callback).await?;
-        let Some((pending, protocol)) = accepted else {
+        let Some((pending, protocol, ports)) = accepted else {
             return Ok(());
         };
         match pending {
@@ -159,15 +172,22 @@ impl Streaming {
                 tracing::debug!(container = %request.container_id, cmd = ?request.cmd, protocol, "exec");
                 exec::serve(ws, protocol == websocket::V5, request, &self.containers).await;
             }
+            Pending::PortForward { sandbox_id, netns } => {
+                tracing::debug!(sandbox = %sandbox_id, ?ports, "port-forward");
+                portforward::serve(ws, sandbox_id, netns, ports).await;
+            }
         }
         Ok(())
     }
 
-    /// Looks the token up (consuming it) and picks the subprotocol.
+    /// Looks the token up (consuming it), picks the subprotocol (`None`: the client
+    /// offered none, which port forwarding allows as upstream) and, for port forwarding,
+    /// reads the ports.
+    #[allow(clippy::type_complexity)]
     fn accept(
         &self,
         request: &Request,
-    ) -> Result<(Pending, &'static str), (StatusCode, &'static str)> {
+    ) -> Result<(Pending, Option<&'static str>, Vec<u16>), (StatusCode, &'static str)> {
         let mut parts = request.uri().path().trim_start_matches('/').split('/');
         let (Some(kind), Some(token), None) = (parts.next(), parts.next(), parts.next()) else {
             return Err((StatusCode::NOT_FOUND, "no such streaming endpoint"));
@@ -177,14 +197,35 @@ impl Streaming {
             .take(token)
             .filter(|p| p.path() == kind)
             .ok_or((StatusCode::NOT_FOUND, "unknown or expired token"))?;
-        let supported: &[&'static str] = match pending {
-            Pending::Exec(_) => &[websocket::V5, websocket::V4],
-        };
-        let protocol = websocket::negotiate(request.headers(), supported).ok_or((
-            StatusCode::BAD_REQUEST,
-            "no supported Sec-WebSocket-Protocol (want v5.channel.k8s.io or v4.channel.k8s.io)",
-        ))?;
-        Ok((pending, protocol))
+        let offered = request.headers().contains_key(SEC_WEBSOCKET_PROTOCOL);
+        match pending {
+            Pending::Exec(_) => {
+                let protocol = websocket::negotiate(request.headers(), &[websocket::V5, websocket::V4])
+                    .ok_or((
+                        StatusCode::BAD_REQUEST,
+                        "no supported Sec-WebSocket-Protocol (want v5.channel.k8s.io or v4.channel.k8s.io)",
+                    ))?;
+                Ok((pending, Some(protocol), Vec::new()))
+            }
+            Pending::PortForward { .. } => {
+                let protocol = websocket::negotiate(request.headers(), &[websocket::V4]);
+                if offered && protocol.is_none() {
+                    return Err((
+                        StatusCode::BAD_REQUEST,
+                        "no supported Sec-WebSocket-Protocol (want v4.channel.k8s.io)",
+                    ));
+                }
+                let ports = portforward::parse_ports(request.uri().query())
+                    .ok_or((StatusCode::BAD_REQUEST, "invalid port in the query"))?;
+                if ports.is_empty() {
+                    return Err((
+                        StatusCode::BAD_REQUEST,
+                        "query parameter \"port\" is required",
+                    ));
+                }
+                Ok((pending, protocol, ports))
+            }
+        }
     }
 }
 
