@@ -1,7 +1,7 @@
 //! The CRI v1 services: [`Images`] (ImageService over the [`ImageStore`]) and [`Runtime`]
 //! (RuntimeService: `Version`, `Status`, the pod sandbox calls over [`Sandboxes`] and the
-//! container calls and stats over [`Containers`]; the streaming calls (Exec, Attach,
-//! PortForward), checkpoints and container events answer `Unimplemented`).
+//! container calls and stats over [`Containers`], Exec and PortForward handing out
+//! [`Streaming`] URLs; Attach, checkpoints and container events answer `Unimplemented`).
 
 use std::collections::HashMap;
 use std::pin::Pin;
