@@ -1672,8 +1672,8 @@ pub async fn exec_streams_over_websocket(lab: &mut Lab) -> Result<()> {
     ensure!(out.stdout() == "hello\n", "{out:?}");
     ensure!(out.exit_code()? == 0, "{out:?}");
 
-    // A terminal: stdin/stdout are ttys, output comes with terminal line endings, input
-    // is echoed. containerd 1.6 drops a terminal's output written right before the
+    // A terminal: stdin/stdout are ttys, a resize reaches it, output comes with terminal
+    // line endings, input is echoed. containerd 1.6 drops a terminal's output written right before the
     // process exits (its log: `Failed to pipe "stdout" ... file already closed`), so
     // the command waits for a line after its output, and the echo of that line (written
     // just before the exit) is checked on ours only.
@@ -1682,22 +1682,33 @@ pub async fn exec_streams_over_websocket(lab: &mut Lab) -> Result<()> {
         &[
             "sh",
             "-c",
-            "test -t 0 && test -t 1 && echo on-a-tty; read line; exit 4",
+            "test -t 0 && test -t 1 && echo on-a-tty; i=0; \
+             until [ \"$(stty size 2>/dev/null)\" = '30 100' ] || [ $i -ge 200 ]; do sleep 0.05; i=$((i+1)); done; \
+             echo \"size $(stty size) end\"; read line; exit 4",
         ],
     );
     request.tty = true;
     request.stdin = true;
     request.stderr = false;
     let url = exec_url(lab, request).await?;
+    // The resize must reach the container's terminal (the command polls for it, 10s at
+    // most, then prints what it sees).
     let input = [
-        Input::Resize(100, 30),
         Input::WaitFor(b"on-a-tty\r\n".to_vec()),
+        Input::Resize(100, 30),
+        Input::WaitFor(b" end\r\n".to_vec()),
         Input::Stdin(b"bye\r".to_vec()),
     ];
     let out = exec(lab, &url, v4, &input).await?;
-    ensure!(out.stdout().starts_with("on-a-tty\r\n"), "{out:?}");
+    ensure!(
+        out.stdout().starts_with("on-a-tty\r\nsize 30 100 end\r\n"),
+        "{out:?}"
+    );
     if lab.kind == crate::harness::Kind::Ours {
-        ensure!(out.stdout() == "on-a-tty\r\nbye\r\n", "{out:?}");
+        ensure!(
+            out.stdout() == "on-a-tty\r\nsize 30 100 end\r\nbye\r\n",
+            "{out:?}"
+        );
     }
     ensure!(out.exit_code()? == 4, "{out:?}");
 

@@ -121,12 +121,29 @@ pub async fn exec(lab: &Lab, url: &str, protocols: &str, input: &[Input]) -> Res
         Ok(opened) => opened,
         Err(refused) => bail!("exec URL refused: {refused:?}"),
     };
-    let (mut sink, mut source) = ws.split();
     let mut out = ExecOutput {
         protocol,
         status: Value::Null,
         ..Default::default()
     };
+    // A stream that never ends fails with what it delivered so far.
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        run_exec(ws, input, &mut out),
+    )
+    .await
+    {
+        Ok(result) => result.map(|()| out),
+        Err(_) => bail!("exec stream did not end within 30s; so far {out:?}"),
+    }
+}
+
+async fn run_exec(
+    ws: WebSocketStream<TcpStream>,
+    input: &[Input],
+    out: &mut ExecOutput,
+) -> Result<()> {
+    let (mut sink, mut source) = ws.split();
     let mut ended = false;
     for item in input {
         let mut data = Vec::new();
@@ -150,7 +167,7 @@ pub async fn exec(lab: &Lab, url: &str, protocols: &str, input: &[Input]) -> Res
                     .windows(needle.len())
                     .any(|w| w == needle.as_slice())
                 {
-                    if ended || !read_one(&mut source, &mut out).await? {
+                    if ended || !read_one(&mut source, out).await? {
                         bail!("stream ended before stdout showed {needle:?}: {out:?}");
                     }
                 }
@@ -160,10 +177,10 @@ pub async fn exec(lab: &Lab, url: &str, protocols: &str, input: &[Input]) -> Res
         sink.send(Message::Binary(data.into())).await?;
     }
     while !ended {
-        ended = !read_one(&mut source, &mut out).await?;
+        ended = !read_one(&mut source, out).await?;
     }
     let _ = sink.close().await;
-    Ok(out)
+    Ok(())
 }
 
 /// Reads one message into `out`; false once the stream ended.

@@ -85,6 +85,11 @@ fn open_pty() -> std::io::Result<(OwnedFd, File)> {
         .write(true)
         .custom_flags(nix::libc::O_NOCTTY)
         .open(OsStr::from_bytes(name.as_bytes()))?;
+    // Raw from the start: runc makes its terminal raw too, but only once the exec has
+    // started, so early output would otherwise get a second `\n` -> `\r\n` here.
+    let mut termios = rustix::termios::tcgetattr(&slave)?;
+    termios.make_raw();
+    rustix::termios::tcsetattr(&slave, rustix::termios::OptionalActions::Now, &termios)?;
     Ok((master, slave))
 }
 
