@@ -1875,3 +1875,43 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Attach over WebSocket v4: a running container's stdout and stderr arrive on their
+/// channels; an unknown container is NotFound.
+pub async fn attach_streams_output(lab: &mut Lab) -> Result<()> {
+    let pod_id = run_pod(lab, "attach").await?;
+    let pod = (pod_id.as_str(), "attach");
+    let script = "i=0; while true; do echo tick $i; echo tock $i >&2; i=$((i+1)); sleep 0.2; done";
+    let id = create(
+        lab,
+        pod,
+        container_config(lab, "main", &["sh", "-c", script]),
+    )
+    .await?;
+    start(lab, &id).await?;
+    let request = |id: &str| cri::AttachRequest {
+        container_id: id.into(),
+        stdin: false,
+        tty: false,
+        stdout: true,
+        stderr: true,
+    };
+    let url = lab.runtime.attach(request(&id)).await?.into_inner().url;
+    ensure!(
+        url.starts_with("http://") && url.contains("/attach/"),
+        "{url}"
+    );
+    let out = crate::stream::attach_until(lab, &url, b"tick ", b"tock ").await?;
+    ensure!(out.protocol == "v4.channel.k8s.io", "{out:?}");
+    ensure!(
+        !out.stdout().contains("tock") && !out.stderr().contains("tick"),
+        "{out:?}"
+    );
+    let unknown = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    is_code(
+        lab.runtime.attach(request(unknown)).await,
+        tonic::Code::NotFound,
+    )?;
+    remove_pod(lab, pod.0).await?;
+    Ok(())
+}

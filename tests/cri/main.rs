@@ -86,4 +86,5 @@ cases!(
     exec_streams_over_websocket,
     exec_negotiates_v5_and_half_closes_stdin,
     port_forward_over_websocket,
+    attach_streams_output,
 );

@@ -266,3 +266,40 @@ pub async fn port_forward(
     let _ = sink.close().await;
     Ok(data)
 }
+
+/// Attaches to `url` and reads until stdout and stderr hold the needles; then leaves.
+pub async fn attach_until(
+    lab: &Lab,
+    url: &str,
+    stdout: &[u8],
+    stderr: &[u8],
+) -> Result<ExecOutput> {
+    let (ws, protocol) = match open(lab, url, "v4.channel.k8s.io").await? {
+        Ok(opened) => opened,
+        Err(refused) => bail!("attach URL refused: {refused:?}"),
+    };
+    let mut out = ExecOutput {
+        protocol,
+        status: Value::Null,
+        ..Default::default()
+    };
+    let (mut sink, mut source) = ws.split();
+    let seen = |out: &ExecOutput| {
+        out.stdout.windows(stdout.len()).any(|w| w == stdout)
+            && out.stderr.windows(stderr.len()).any(|w| w == stderr)
+    };
+    let read = async {
+        while !seen(&out) {
+            if !read_one(&mut source, &mut out).await? {
+                bail!("attach ended early: {out:?}");
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(30), read).await {
+        Ok(result) => result?,
+        Err(_) => bail!("attach output did not come within 30s"),
+    }
+    let _ = sink.close().await;
+    Ok(out)
+}

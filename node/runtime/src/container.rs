@@ -284,6 +284,11 @@ impl Containers {
         Phase::Unknown
     }
 
+    /// The directory holding a container's state files (and its shim's attach socket).
+    pub fn state_dir(&self, id: &str) -> PathBuf {
+        self.container_dir(id)
+    }
+
     /// A running container by ID or unique prefix: `WrongState` when it is not running.
     pub fn running(&self, id: &str) -> Result<Record, ContainerError> {
         let record = self.get(id)?;

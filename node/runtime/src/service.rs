@@ -1,7 +1,7 @@
 //! The CRI v1 services: [`Images`] (ImageService over the [`ImageStore`]) and [`Runtime`]
 //! (RuntimeService: `Version`, `Status`, the pod sandbox calls over [`Sandboxes`] and the
-//! container calls and stats over [`Containers`], Exec and PortForward handing out
-//! [`Streaming`] URLs; Attach, checkpoints and container events answer `Unimplemented`).
+//! container calls and stats over [`Containers`], Exec, Attach and PortForward handing out
+//! [`Streaming`] URLs; checkpoints and container events answer `Unimplemented`).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -921,9 +921,32 @@ impl RuntimeService for Runtime {
     }
     async fn attach(
         &self,
-        _r: Request<cri::AttachRequest>,
+        request: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
-        unimplemented("Attach")
+        let r = request.into_inner();
+        if r.tty && r.stderr {
+            return Err(Status::invalid_argument(
+                "tty and stderr cannot both be true",
+            ));
+        }
+        if !r.stdin && !r.stdout && !r.stderr {
+            return Err(Status::invalid_argument(
+                "one of stdin, stdout, and stderr must be set",
+            ));
+        }
+        let record = self
+            .containers
+            .running(&r.container_id)
+            .map_err(ServiceError::from)?;
+        let url = self
+            .streaming
+            .url(Pending::Attach {
+                dir: self.containers.state_dir(&record.id),
+                stdout: r.stdout,
+                stderr: r.stderr,
+            })
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(cri::AttachResponse { url }))
     }
     async fn port_forward(
         &self,

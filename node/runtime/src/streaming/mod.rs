@@ -1,4 +1,4 @@
-//! The streaming server behind the CRI Exec and PortForward (later Attach) calls.
+//! The streaming server behind the CRI Exec, Attach and PortForward calls.
 //!
 //! As upstream's CRI streaming server: the gRPC call validates the request and answers
 //! with a URL `http://<addr>/exec/<token>` naming it; the client (kubelet, crictl) then
@@ -8,10 +8,11 @@
 //! containerd's default).
 //!
 //! Built: exec over WebSocket with channel protocols v4 and v5 ([`websocket`], [`exec`]),
-//! with or without a terminal; port forwarding over WebSocket ([`portforward`]). Not
-//! built yet: SPDY/3.1 (a `SPDY/3.1` upgrade request is refused), Attach (the CRI call
-//! still answers `Unimplemented`).
+//! with or without a terminal; attach to a container's output ([`attach`]); port
+//! forwarding over WebSocket ([`portforward`]). Not built yet: SPDY/3.1 (a `SPDY/3.1`
+//! upgrade request is refused), stdin and terminals for attach.
 
+pub mod attach;
 pub mod exec;
 pub mod portforward;
 pub mod tokens;
@@ -64,6 +65,15 @@ pub struct ExecRequest {
 pub enum Pending {
     /// `/exec/<token>`.
     Exec(ExecRequest),
+    /// `/attach/<token>`: the output of the container whose state directory is `dir`.
+    Attach {
+        /// The container's state directory (its shim's socket is there).
+        dir: std::path::PathBuf,
+        /// Relay stdout.
+        stdout: bool,
+        /// Relay stderr.
+        stderr: bool,
+    },
     /// `/portforward/<token>?port=...`: into the sandbox's network namespace (`None`:
     /// the host's, for host-network pods).
     PortForward {
@@ -78,6 +88,7 @@ impl Pending {
     fn path(&self) -> &'static str {
         match self {
             Pending::Exec(_) => "exec",
+            Pending::Attach { .. } => "attach",
             Pending::PortForward { .. } => "portforward",
         }
     }
@@ -172,6 +183,14 @@ impl Streaming {
                 tracing::debug!(container = %request.container_id, cmd = ?request.cmd, protocol, "exec");
                 exec::serve(ws, protocol == websocket::V5, request, &self.containers).await;
             }
+            Pending::Attach {
+                dir,
+                stdout,
+                stderr,
+            } => {
+                tracing::debug!(dir = %dir.display(), protocol, "attach");
+                attach::serve(ws, &dir, stdout, stderr).await;
+            }
             Pending::PortForward { sandbox_id, netns } => {
                 tracing::debug!(sandbox = %sandbox_id, ?ports, "port-forward");
                 portforward::serve(ws, sandbox_id, netns, ports).await;
@@ -199,7 +218,7 @@ impl Streaming {
             .ok_or((StatusCode::NOT_FOUND, "unknown or expired token"))?;
         let offered = request.headers().contains_key(SEC_WEBSOCKET_PROTOCOL);
         match pending {
-            Pending::Exec(_) => {
+            Pending::Exec(_) | Pending::Attach { .. } => {
                 let protocol = websocket::negotiate(request.headers(), &[websocket::V5, websocket::V4])
                     .ok_or((
                         StatusCode::BAD_REQUEST,
