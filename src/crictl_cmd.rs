@@ -74,6 +74,8 @@ enum CrictlCommand {
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
+    /// Stream a running container's output (Attach + WebSocket) until it exits.
+    Attach { id: String },
     /// Forward local TCP ports to a pod (PortForward + WebSocket), until interrupted.
     PortForward {
         pod: String,
@@ -345,6 +347,21 @@ pub async fn run(args: CrictlArgs) -> Result<()> {
                 .into_inner()
                 .url;
             let code = crate::crictl_stream::exec(&url, interactive, tty).await?;
+            exit_with(code);
+        }
+        CrictlCommand::Attach { id } => {
+            let url = runtime
+                .attach(cri::AttachRequest {
+                    container_id: id,
+                    stdin: false,
+                    tty: false,
+                    stdout: true,
+                    stderr: true,
+                })
+                .await?
+                .into_inner()
+                .url;
+            let code = crate::crictl_stream::exec(&url, false, false).await?;
             exit_with(code);
         }
         CrictlCommand::PortForward { pod, ports } => {

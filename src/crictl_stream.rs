@@ -1,4 +1,4 @@
-//! `ferrokube crictl exec`'s streaming side: opens the URL the runtime's Exec call returned
+//! `ferrokube crictl exec`'s (and `attach`'s) streaming side: opens the URL the runtime's Exec call returned
 //! as a WebSocket (offering `v5.channel.k8s.io`, then `v4.channel.k8s.io`), relays the
 //! local stdin/stdout/stderr over the channels and returns the exit code the error channel
 //! reports. With `-t` on a terminal, the local terminal is put in raw mode for the session

@@ -1907,6 +1907,25 @@ pub async fn attach_streams_output(lab: &mut Lab) -> Result<()> {
         !out.stdout().contains("tock") && !out.stderr().contains("tick"),
         "{out:?}"
     );
+    // `ferrokube crictl attach` in the lab namespace prints the output as it comes.
+    let socket = format!("unix://{}", lab.dir.path().join("cri.sock").display());
+    let child = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", lab.node.path().display()))
+        .arg("--")
+        .arg(crate::harness::BIN)
+        .args(["crictl", "--runtime-endpoint", &socket, "attach", &id])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut attached = KillOnDrop(child);
+    let stdout = attached.0.stdout.take().context("stdout")?;
+    let line = tokio::task::block_in_place(|| -> Result<String> {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+        Ok(line)
+    })?;
+    ensure!(line.starts_with("tick "), "{line:?}");
+    drop(attached);
     let unknown = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     is_code(
         lab.runtime.attach(request(unknown)).await,
