@@ -1693,8 +1693,12 @@ pub async fn exec_streams_over_websocket(lab: &mut Lab) -> Result<()> {
     let url = exec_url(lab, request).await?;
     // The resize must reach the container's terminal (the command polls for it, 10s at
     // most, then prints what it sees). Known deviation of ours: under load the first line
-    // of a TTY exec sometimes arrives as `on-a-tty\r\r\n` (a race in runc's foreground
-    // terminal relay, not pinned down yet), so the first line's ending is not asserted.
+    // of a TTY exec sometimes arrives as `on-a-tty\r\r\n`. runc's foreground terminal
+    // relay clears ONLCR on the container's terminal and then makes its own stdio raw
+    // but with OPOST kept; output written before the first step but copied after the
+    // second is translated twice. Holding the container's terminal directly (`runc exec
+    // --detach --console-socket`, as containerd's shim does) would fix it; until then the
+    // first line's ending is not asserted.
     let input = [
         Input::WaitFor(b"on-a-tty\r".to_vec()),
         Input::Resize(100, 30),

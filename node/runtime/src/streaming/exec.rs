@@ -8,6 +8,12 @@
 //! copies the size to the container's terminal (that is how runc's foreground mode
 //! propagates resizes; `--console-socket` only works with `--detach`, which would make the
 //! exec process nobody's child and its exit code unobtainable).
+//!
+//! Known flaw of that relay: runc clears ONLCR on the container's terminal once it has it
+//! and makes its own stdio raw with OPOST kept, so output the process writes before the
+//! first step but runc copies after the second gets `\r\r\n`. The fix is to hold the
+//! container's terminal ourselves (`--detach --console-socket`, reaping the process as a
+//! child subreaper), as containerd's shim does.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -85,8 +91,8 @@ fn open_pty() -> std::io::Result<(OwnedFd, File)> {
         .write(true)
         .custom_flags(nix::libc::O_NOCTTY)
         .open(OsStr::from_bytes(name.as_bytes()))?;
-    // Raw from the start: runc makes its terminal raw too, but only once the exec has
-    // started, so early output would otherwise get a second `\n` -> `\r\n` here.
+    // Raw from the start: runc makes its terminal raw too (keeping OPOST), but only once
+    // the exec has started.
     let mut termios = rustix::termios::tcgetattr(&slave)?;
     termios.make_raw();
     rustix::termios::tcsetattr(&slave, rustix::termios::OptionalActions::Now, &termios)?;
