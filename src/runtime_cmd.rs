@@ -53,6 +53,10 @@ pub struct ShimArgs {
     log_path: PathBuf,
     #[arg(long)]
     cgroup: String,
+    #[arg(long)]
+    stdin: bool,
+    #[arg(long)]
+    stdin_once: bool,
 }
 
 /// Runs the shim until its container exits; the process exit status.
@@ -64,6 +68,8 @@ pub fn shim(args: ShimArgs) -> i32 {
         runc_root: args.runc_root,
         log_path: args.log_path,
         cgroup: args.cgroup,
+        stdin: args.stdin,
+        stdin_once: args.stdin_once,
     })
 }
 

@@ -1883,7 +1883,8 @@ impl Drop for KillOnDrop {
 }
 
 /// Attach over WebSocket v4: a running container's stdout and stderr arrive on their
-/// channels; an unknown container is NotFound.
+/// channels, `crictl attach` prints them, a container created with stdin reads what an
+/// attach sends; an unknown container is NotFound.
 pub async fn attach_streams_output(lab: &mut Lab) -> Result<()> {
     let pod_id = run_pod(lab, "attach").await?;
     let pod = (pod_id.as_str(), "attach");
@@ -1907,7 +1908,7 @@ pub async fn attach_streams_output(lab: &mut Lab) -> Result<()> {
         url.starts_with("http://") && url.contains("/attach/"),
         "{url}"
     );
-    let out = crate::stream::attach_until(lab, &url, b"tick ", b"tock ").await?;
+    let out = crate::stream::attach_until(lab, &url, b"", b"tick ", b"tock ").await?;
     ensure!(out.protocol == "v4.channel.k8s.io", "{out:?}");
     ensure!(
         !out.stdout().contains("tock") && !out.stderr().contains("tick"),
@@ -1932,6 +1933,22 @@ pub async fn attach_streams_output(lab: &mut Lab) -> Result<()> {
     })?;
     ensure!(line.starts_with("tick "), "{line:?}");
     drop(attached);
+
+    // A container created with stdin reads what an attach sends.
+    let mut config = container_config(
+        lab,
+        "reader",
+        &["sh", "-c", "while read line; do echo got $line; done"],
+    );
+    config.stdin = true;
+    let reader = create(lab, pod, config).await?;
+    start(lab, &reader).await?;
+    let mut with_stdin = request(&reader);
+    with_stdin.stdin = true;
+    with_stdin.stderr = false;
+    let url = lab.runtime.attach(with_stdin).await?.into_inner().url;
+    let out = crate::stream::attach_until(lab, &url, b"hello\n", b"got hello\n", b"").await?;
+    ensure!(out.stdout() == "got hello\n", "{out:?}");
     let unknown = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     is_code(
         lab.runtime.attach(request(unknown)).await,

@@ -267,10 +267,12 @@ pub async fn port_forward(
     Ok(data)
 }
 
-/// Attaches to `url` and reads until stdout and stderr hold the needles; then leaves.
+/// Attaches to `url`, sends `stdin` (if any) on channel 0, and reads until stdout and
+/// stderr hold the needles; then leaves.
 pub async fn attach_until(
     lab: &Lab,
     url: &str,
+    stdin: &[u8],
     stdout: &[u8],
     stderr: &[u8],
 ) -> Result<ExecOutput> {
@@ -284,9 +286,16 @@ pub async fn attach_until(
         ..Default::default()
     };
     let (mut sink, mut source) = ws.split();
+    if !stdin.is_empty() {
+        let mut data = vec![0u8];
+        data.extend_from_slice(stdin);
+        sink.send(Message::Binary(data.into())).await?;
+    }
     let seen = |out: &ExecOutput| {
-        out.stdout.windows(stdout.len()).any(|w| w == stdout)
-            && out.stderr.windows(stderr.len()).any(|w| w == stderr)
+        let has = |hay: &[u8], needle: &[u8]| {
+            needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
+        };
+        has(&out.stdout, stdout) && has(&out.stderr, stderr)
     };
     let read = async {
         while !seen(&out) {

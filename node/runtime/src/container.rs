@@ -92,6 +92,12 @@ pub struct Record {
     pub cgroup: String,
     /// Reserved-name key.
     pub name_key: String,
+    /// The container reads stdin (its shim holds the write end for Attach).
+    #[serde(default)]
+    pub stdin: bool,
+    /// Close the container's stdin when the first attach that sent stdin leaves.
+    #[serde(default)]
+    pub stdin_once: bool,
 }
 
 /// Where a container is in its life.
@@ -402,9 +408,9 @@ impl Containers {
             .store
             .find(&image_name)?
             .ok_or_else(|| ContainerError::ImageNotFound(image_name.clone()))?;
-        if config.tty || config.stdin {
+        if config.tty {
             return Err(ContainerError::Invalid(
-                "tty and stdin are not supported yet".into(),
+                "containers with a tty are not supported yet".into(),
             ));
         }
         let key = format!(
@@ -456,6 +462,8 @@ impl Containers {
                 .collect(),
             cgroup: format!("{}/{id}", sandbox.cgroup.trim_end_matches('/')),
             name_key: key.clone(),
+            stdin: config.stdin,
+            stdin_once: config.stdin_once,
         };
         match self.build(sandbox, &config, &image, &record) {
             Ok(()) => {
@@ -541,6 +549,8 @@ impl Containers {
             .arg(&log_path)
             .arg("--cgroup")
             .arg(&record.cgroup)
+            .args(record.stdin.then_some("--stdin"))
+            .args(record.stdin_once.then_some("--stdin-once"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

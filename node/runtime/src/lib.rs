@@ -19,8 +19,8 @@
 //!   sandbox's network namespace);
 //! - [`service`]: the CRI services over all of the above, and [`server`]: serving them.
 //!
-//! Not built yet: SPDY/3.1 on the streaming server, stdin/TTY for Attach, checkpoints,
-//! container events.
+//! Not built yet: SPDY/3.1 on the streaming server, TTY containers (so no TTY attach),
+//! checkpoints, container events.
 //!
 //! The CRI v1 messages and the tonic 0.14 server traits come from the `k8s-cri` crate
 //! (generated from upstream's `api.proto`), so there is no `proto/` directory here.

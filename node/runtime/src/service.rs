@@ -942,6 +942,7 @@ impl RuntimeService for Runtime {
             .streaming
             .url(Pending::Attach {
                 dir: self.containers.state_dir(&record.id),
+                stdin: r.stdin,
                 stdout: r.stdout,
                 stderr: r.stderr,
             })

@@ -4,7 +4,8 @@
 //! container's stdout/stderr on pipes it holds, reports creation through
 //! `<dir>/created`, writes the CRI log (`<RFC3339Nano> <stream> <F|P> <content>`;
 //! SIGUSR1 reopens it, for ReopenContainerLog), relays the output to Attach clients on
-//! `<dir>/attach.sock` (output only: the container's stdin is not held), waits
+//! `<dir>/attach.sock` and, for containers created with stdin, feeds it what they send,
+//! waits
 //! for the container's init and records its exit in `<dir>/exit.json` (with OOM kills
 //! read from the memory cgroup).
 
@@ -45,6 +46,10 @@ pub struct ShimArgs {
     pub log_path: PathBuf,
     /// The container's cgroup (relative to each hierarchy), for OOM detection.
     pub cgroup: String,
+    /// Give the container a stdin pipe, fed by attach clients.
+    pub stdin: bool,
+    /// Close that pipe when the first attach client that wrote to it leaves.
+    pub stdin_once: bool,
 }
 
 /// How the container ended.
@@ -108,8 +113,39 @@ fn broadcast(attached: &Attached, channel: u8, data: &[u8]) {
     clients.retain_mut(|c| c.write_all(&frame).is_ok());
 }
 
-/// Serves `attach.sock` in `dir` on a thread: accepted clients get the output from now on.
-fn serve_attach(dir: &Path, attached: Attached) -> Result<(), ShimError> {
+/// The container's stdin (when it has one), shared by attach clients.
+type Stdin = Arc<Mutex<Option<std::io::PipeWriter>>>;
+
+/// Copies what an attach client sends into the container's stdin; with `stdin_once`,
+/// closes it when that client leaves.
+fn feed_stdin(mut conn: std::os::unix::net::UnixStream, stdin: Stdin, stdin_once: bool) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let mut guard = stdin.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(w) = guard.as_mut()
+                    && w.write_all(&buf[..n]).is_err()
+                {
+                    *guard = None;
+                }
+            }
+        }
+    }
+    if stdin_once {
+        *stdin.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// Serves `attach.sock` in `dir` on a thread: accepted clients get the output from now on,
+/// and what they send goes to the container's stdin.
+fn serve_attach(
+    dir: &Path,
+    attached: Attached,
+    stdin: Stdin,
+    stdin_once: bool,
+) -> Result<(), ShimError> {
     use std::os::fd::AsRawFd as _;
     let dir_file =
         std::fs::File::open(dir).map_err(|e| ShimError::Io(dir.display().to_string(), e))?;
@@ -121,6 +157,10 @@ fn serve_attach(dir: &Path, attached: Attached) -> Result<(), ShimError> {
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
             let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
+            if let Ok(reader) = conn.try_clone() {
+                let stdin = stdin.clone();
+                std::thread::spawn(move || feed_stdin(reader, stdin, stdin_once));
+            }
             attached
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -229,6 +269,12 @@ fn monitor(args: &ShimArgs, created: &Path) -> Result<(), ShimError> {
     let log = Arc::new(Mutex::new(log));
     let (out_r, out_w) = std::io::pipe().map_err(|e| ShimError::Io("pipe".into(), e))?;
     let (err_r, err_w) = std::io::pipe().map_err(|e| ShimError::Io("pipe".into(), e))?;
+    let (stdin_r, stdin_w) = if args.stdin {
+        let (r, w) = std::io::pipe().map_err(|e| ShimError::Io("pipe".into(), e))?;
+        (Stdio::from(r), Some(w))
+    } else {
+        (Stdio::null(), None)
+    };
     let pid_file = args.dir.join("pid");
     let create_log = args.dir.join("runc-create.log");
     let status = Command::new(&args.runc)
@@ -242,7 +288,7 @@ fn monitor(args: &ShimArgs, created: &Path) -> Result<(), ShimError> {
         .arg("--pid-file")
         .arg(&pid_file)
         .arg(&args.id)
-        .stdin(Stdio::null())
+        .stdin(stdin_r)
         .stdout(out_w)
         .stderr(err_w)
         .status()
@@ -280,7 +326,8 @@ fn monitor(args: &ShimArgs, created: &Path) -> Result<(), ShimError> {
         });
     }
     let attached: Attached = Arc::default();
-    serve_attach(&args.dir, attached.clone())?;
+    let stdin: Stdin = Arc::new(Mutex::new(stdin_w));
+    serve_attach(&args.dir, attached.clone(), stdin.clone(), args.stdin_once)?;
     let out = {
         let (log, attached) = (log.clone(), attached.clone());
         std::thread::spawn(move || pump("stdout", out_r, log, attached))

@@ -10,7 +10,7 @@
 //! Built: exec over WebSocket with channel protocols v4 and v5 ([`websocket`], [`exec`]),
 //! with or without a terminal; attach to a container's output ([`attach`]); port
 //! forwarding over WebSocket ([`portforward`]). Not built yet: SPDY/3.1 (a `SPDY/3.1`
-//! upgrade request is refused), stdin and terminals for attach.
+//! upgrade request is refused), terminals for attach.
 
 pub mod attach;
 pub mod exec;
@@ -69,6 +69,8 @@ pub enum Pending {
     Attach {
         /// The container's state directory (its shim's socket is there).
         dir: std::path::PathBuf,
+        /// Relay the client's stdin.
+        stdin: bool,
         /// Relay stdout.
         stdout: bool,
         /// Relay stderr.
@@ -185,11 +187,13 @@ impl Streaming {
             }
             Pending::Attach {
                 dir,
+                stdin,
                 stdout,
                 stderr,
             } => {
                 tracing::debug!(dir = %dir.display(), protocol, "attach");
-                attach::serve(ws, &dir, stdout, stderr).await;
+                let v5 = protocol == websocket::V5;
+                attach::serve(ws, &dir, (stdin, stdout, stderr, v5)).await;
             }
             Pending::PortForward { sandbox_id, netns } => {
                 tracing::debug!(sandbox = %sandbox_id, ?ports, "port-forward");
