@@ -57,11 +57,31 @@ enum CrictlCommand {
     },
     /// Container status, as JSON.
     Inspect { id: String },
-    /// Run a command in a running container and wait for it (ExecSync).
+    /// Run a command in a running container. As real crictl: streams through the
+    /// runtime's streaming server (Exec + WebSocket) unless --sync asks for ExecSync;
+    /// exits with the command's exit code.
     Exec {
+        /// Pass stdin to the command.
+        #[arg(short, long)]
+        interactive: bool,
+        /// Run the command on a terminal (stderr then comes on the terminal too).
+        #[arg(short, long)]
+        tty: bool,
+        /// Use ExecSync (collect the output, no stdin) instead of streaming.
+        #[arg(short, long)]
+        sync: bool,
         id: String,
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
+    },
+    /// Stream a running container's output (Attach + WebSocket) until it exits.
+    Attach { id: String },
+    /// Forward local TCP ports to a pod (PortForward + WebSocket), until interrupted.
+    PortForward {
+        pod: String,
+        /// `LOCAL:REMOTE` (or `PORT` for both); listens on 127.0.0.1.
+        #[arg(required = true)]
+        ports: Vec<String>,
     },
     /// Print a container's log (its CRI log file, stdout and stderr to theirs).
     Logs { id: String },
@@ -73,6 +93,15 @@ enum CrictlCommand {
     },
     /// Remove containers.
     Rm { ids: Vec<String> },
+}
+
+/// Ends the process with the exec'd command's exit code (a blocked stdin reader would
+/// otherwise hold the async runtime's shutdown).
+fn exit_with(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    std::process::exit(code)
 }
 
 async fn connect(endpoint: &str, timeout: Duration) -> Result<Channel> {
@@ -298,7 +327,47 @@ pub async fn run(args: CrictlArgs) -> Result<()> {
                 .into_inner();
             json(&status)?;
         }
-        CrictlCommand::Exec { id, command } => {
+        CrictlCommand::Exec {
+            interactive,
+            tty,
+            sync: false,
+            id,
+            command,
+        } => {
+            let url = runtime
+                .exec(cri::ExecRequest {
+                    container_id: id,
+                    cmd: command,
+                    tty,
+                    stdin: interactive,
+                    stdout: true,
+                    stderr: !tty,
+                })
+                .await?
+                .into_inner()
+                .url;
+            let code = crate::crictl_stream::exec(&url, interactive, tty).await?;
+            exit_with(code);
+        }
+        CrictlCommand::Attach { id } => {
+            let url = runtime
+                .attach(cri::AttachRequest {
+                    container_id: id,
+                    stdin: false,
+                    tty: false,
+                    stdout: true,
+                    stderr: true,
+                })
+                .await?
+                .into_inner()
+                .url;
+            let code = crate::crictl_stream::exec(&url, false, false).await?;
+            exit_with(code);
+        }
+        CrictlCommand::PortForward { pod, ports } => {
+            crate::crictl_stream::port_forward(runtime, pod, &ports).await?;
+        }
+        CrictlCommand::Exec { id, command, .. } => {
             let out = runtime
                 .exec_sync(cri::ExecSyncRequest {
                     container_id: id,
@@ -310,9 +379,7 @@ pub async fn run(args: CrictlArgs) -> Result<()> {
             use std::io::Write;
             std::io::stdout().write_all(&out.stdout)?;
             std::io::stderr().write_all(&out.stderr)?;
-            if out.exit_code != 0 {
-                bail!("command exited with {}", out.exit_code);
-            }
+            exit_with(out.exit_code);
         }
         CrictlCommand::Logs { id } => {
             let status = runtime

@@ -33,6 +33,9 @@ pub struct RuntimeArgs {
     /// A registry (`host[:port]`) to pull from over plain HTTP; repeatable.
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+    /// TCP address of the streaming server (Exec URLs); port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub streaming_addr: std::net::SocketAddr,
 }
 
 /// The per-container monitor the runtime starts (not for humans).
@@ -50,6 +53,10 @@ pub struct ShimArgs {
     log_path: PathBuf,
     #[arg(long)]
     cgroup: String,
+    #[arg(long)]
+    stdin: bool,
+    #[arg(long)]
+    stdin_once: bool,
 }
 
 /// Runs the shim until its container exits; the process exit status.
@@ -61,6 +68,8 @@ pub fn shim(args: ShimArgs) -> i32 {
         runc_root: args.runc_root,
         log_path: args.log_path,
         cgroup: args.cgroup,
+        stdin: args.stdin,
+        stdin_once: args.stdin_once,
     })
 }
 
@@ -92,6 +101,7 @@ pub async fn run(args: RuntimeArgs) -> Result<()> {
         oci_runtime: args.oci_runtime,
         shim: std::env::current_exe().context("locating the running binary")?,
         insecure_registries: args.insecure_registries,
+        streaming_addr: args.streaming_addr,
     };
     let shutdown = async {
         let mut term =

@@ -76,6 +76,7 @@ pub fn build_image(dir: &Path, name: &str, marker: &str) -> Result<TestImage> {
     std::fs::copy(busybox, rootfs.join("bin/busybox"))?;
     for applet in [
         "sh", "sleep", "echo", "cat", "ls", "nc", "hostname", "id", "env", "head", "tr", "true",
+        "stty",
     ] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
     }

@@ -9,6 +9,7 @@
 
 mod cases;
 mod harness;
+mod stream;
 
 use anyhow::{Context, Result};
 use harness::{Kind, Lab};
@@ -83,4 +84,8 @@ cases!(
     pod_sandbox_stats,
     pull_image_from_a_registry,
     pull_image_with_credentials,
+    exec_streams_over_websocket,
+    exec_negotiates_v5_and_half_closes_stdin,
+    port_forward_over_websocket,
+    attach_streams_output,
 );

@@ -92,6 +92,12 @@ pub struct Record {
     pub cgroup: String,
     /// Reserved-name key.
     pub name_key: String,
+    /// The container reads stdin (its shim holds the write end for Attach).
+    #[serde(default)]
+    pub stdin: bool,
+    /// Close the container's stdin when the first attach that sent stdin leaves.
+    #[serde(default)]
+    pub stdin_once: bool,
 }
 
 /// Where a container is in its life.
@@ -284,6 +290,43 @@ impl Containers {
         Phase::Unknown
     }
 
+    /// The directory holding a container's state files (and its shim's attach socket).
+    pub fn state_dir(&self, id: &str) -> PathBuf {
+        self.container_dir(id)
+    }
+
+    /// A running container by ID or unique prefix: `WrongState` when it is not running.
+    pub fn running(&self, id: &str) -> Result<Record, ContainerError> {
+        let record = self.get(id)?;
+        if self.phase(&record) != Phase::Running {
+            return Err(ContainerError::WrongState(record.id, "not running"));
+        }
+        Ok(record)
+    }
+
+    /// `runc exec [--tty] <id> <cmd...>` for a running container (killed when dropped);
+    /// the caller sets its stdio. With `tty`, runc allocates the container's terminal and
+    /// relays it to its own stdio, which must then be a terminal (see
+    /// [`crate::streaming`]).
+    pub fn exec_command(
+        &self,
+        id: &str,
+        cmd: &[String],
+        tty: bool,
+    ) -> Result<tokio::process::Command, ContainerError> {
+        let record = self.running(id)?;
+        if cmd.is_empty() {
+            return Err(ContainerError::Invalid("exec needs a command".into()));
+        }
+        let mut command = tokio::process::Command::new(&self.runc);
+        command.arg("--root").arg(&self.runc_root).arg("exec");
+        if tty {
+            command.arg("--tty");
+        }
+        command.arg(&record.id).args(cmd).kill_on_drop(true);
+        Ok(command)
+    }
+
     /// CPU and memory from the container's cgroup v1 files, and its writable layer (the
     /// overlay upper directory).
     pub fn usage(&self, record: &Record) -> Usage {
@@ -365,9 +408,9 @@ impl Containers {
             .store
             .find(&image_name)?
             .ok_or_else(|| ContainerError::ImageNotFound(image_name.clone()))?;
-        if config.tty || config.stdin {
+        if config.tty {
             return Err(ContainerError::Invalid(
-                "tty and stdin are not supported yet".into(),
+                "containers with a tty are not supported yet".into(),
             ));
         }
         let key = format!(
@@ -419,6 +462,8 @@ impl Containers {
                 .collect(),
             cgroup: format!("{}/{id}", sandbox.cgroup.trim_end_matches('/')),
             name_key: key.clone(),
+            stdin: config.stdin,
+            stdin_once: config.stdin_once,
         };
         match self.build(sandbox, &config, &image, &record) {
             Ok(()) => {
@@ -504,6 +549,8 @@ impl Containers {
             .arg(&log_path)
             .arg("--cgroup")
             .arg(&record.cgroup)
+            .args(record.stdin.then_some("--stdin"))
+            .args(record.stdin_once.then_some("--stdin-once"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -686,23 +733,11 @@ impl Containers {
         cmd: &[String],
         timeout: Option<Duration>,
     ) -> Result<(Vec<u8>, Vec<u8>, i32), ContainerError> {
-        let record = self.get(id)?;
-        if self.phase(&record) != Phase::Running {
-            return Err(ContainerError::WrongState(record.id, "not running"));
-        }
-        if cmd.is_empty() {
-            return Err(ContainerError::Invalid("exec needs a command".into()));
-        }
-        let child = tokio::process::Command::new(&self.runc)
-            .arg("--root")
-            .arg(&self.runc_root)
-            .arg("exec")
-            .arg(&record.id)
-            .args(cmd)
+        let child = self
+            .exec_command(id, cmd, false)?
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .map_err(io_err("running runc exec"))?;
         let output = child.wait_with_output();

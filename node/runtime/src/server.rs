@@ -15,6 +15,7 @@ use crate::pull::{PullError, Puller};
 use crate::sandbox::{SandboxError, Sandboxes};
 use crate::service::{Images, Runtime};
 use crate::store::{ImageStore, StoreError};
+use crate::streaming::{Streaming, StreamingError};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,9 @@ pub enum ServerError {
     /// The sandbox state could not be loaded.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// The streaming server could not start.
+    #[error(transparent)]
+    Streaming(#[from] StreamingError),
     /// gRPC serving failed.
     #[error("serving CRI: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -58,6 +62,8 @@ pub struct Options {
     pub shim: PathBuf,
     /// Registries (`host[:port]`) pulled from over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// Where the streaming server (Exec URLs) listens; port 0 picks a free port.
+    pub streaming_addr: std::net::SocketAddr,
 }
 
 /// Serves CRI on `options.socket` until `shutdown` completes; removes the socket after.
@@ -83,18 +89,24 @@ pub async fn serve(
         store.clone(),
     )?);
     let puller = Puller::new(store.clone(), options.insecure_registries.clone())?;
+    let (streaming, streaming_listener) =
+        Streaming::bind(options.streaming_addr, containers.clone()).await?;
+    tracing::info!(url = streaming.base_url(), "serving streams");
+    let streams = tokio::spawn(streaming.clone().serve(streaming_listener));
     let listener = bind(&options.socket)?;
     tracing::info!(socket = %options.socket.display(), root = %options.root.display(), "serving CRI");
     let result = tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(Runtime::new(
             Arc::new(sandboxes),
             containers.clone(),
+            streaming,
         )))
         .add_service(ImageServiceServer::new(Images::new(
             store, containers, puller,
         )))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
+    streams.abort();
     let _ = std::fs::remove_file(&options.socket);
     Ok(result?)
 }

@@ -1,7 +1,7 @@
 //! The CRI v1 services: [`Images`] (ImageService over the [`ImageStore`]) and [`Runtime`]
 //! (RuntimeService: `Version`, `Status`, the pod sandbox calls over [`Sandboxes`] and the
-//! container calls and stats over [`Containers`]; the streaming calls (Exec, Attach,
-//! PortForward), checkpoints and container events answer `Unimplemented`).
+//! container calls and stats over [`Containers`], Exec, Attach and PortForward handing out
+//! [`Streaming`] URLs; checkpoints and container events answer `Unimplemented`).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -17,6 +17,7 @@ use crate::container::{ContainerError, Containers, Phase, Record};
 use crate::pull::{Credentials, PullError, Puller};
 use crate::sandbox::{Metadata, Sandbox, SandboxError, Sandboxes, Spec, State};
 use crate::store::{ImageRecord, ImageStore, StoreError};
+use crate::streaming::{ExecRequest, Pending, Streaming, StreamingError};
 
 /// Errors of the service layer, before they become gRPC statuses.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,9 @@ pub enum ServiceError {
     /// A container operation failed.
     #[error(transparent)]
     Container(#[from] ContainerError),
+    /// The streaming server refused the request.
+    #[error(transparent)]
+    Streaming(#[from] StreamingError),
     /// A blocking task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -61,6 +65,9 @@ impl From<ServiceError> for Status {
             }
             ServiceError::Container(ContainerError::WrongState(..)) => {
                 Status::failed_precondition(e.to_string())
+            }
+            ServiceError::Streaming(StreamingError::Token(_)) => {
+                Status::resource_exhausted(e.to_string())
             }
             _ => Status::internal(e.to_string()),
         }
@@ -541,14 +548,20 @@ impl ImageService for Images {
 pub struct Runtime {
     sandboxes: Arc<Sandboxes>,
     containers: Arc<Containers>,
+    streaming: Arc<Streaming>,
 }
 
 impl Runtime {
-    /// Serves `sandboxes` and `containers`.
-    pub fn new(sandboxes: Arc<Sandboxes>, containers: Arc<Containers>) -> Runtime {
+    /// Serves `sandboxes` and `containers`; streams through `streaming`.
+    pub fn new(
+        sandboxes: Arc<Sandboxes>,
+        containers: Arc<Containers>,
+        streaming: Arc<Streaming>,
+    ) -> Runtime {
         Runtime {
             sandboxes,
             containers,
+            streaming,
         }
     }
 
@@ -875,21 +888,94 @@ impl RuntimeService for Runtime {
     }
     async fn exec(
         &self,
-        _r: Request<cri::ExecRequest>,
+        request: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
-        unimplemented("Exec")
+        let r = request.into_inner();
+        // Upstream's validation, in its order.
+        if r.tty && r.stderr {
+            return Err(Status::invalid_argument(
+                "tty and stderr cannot both be true",
+            ));
+        }
+        if !r.stdin && !r.stdout && !r.stderr {
+            return Err(Status::invalid_argument(
+                "one of stdin, stdout, or stderr must be set",
+            ));
+        }
+        if r.cmd.is_empty() {
+            return Err(Status::invalid_argument("cmd must not be empty"));
+        }
+        let record = self
+            .containers
+            .running(&r.container_id)
+            .map_err(ServiceError::from)?;
+        let url = self
+            .streaming
+            .url(Pending::Exec(ExecRequest {
+                container_id: record.id,
+                cmd: r.cmd,
+                tty: r.tty,
+                stdin: r.stdin,
+                stdout: r.stdout,
+                stderr: r.stderr,
+            }))
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(cri::ExecResponse { url }))
     }
     async fn attach(
         &self,
-        _r: Request<cri::AttachRequest>,
+        request: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
-        unimplemented("Attach")
+        let r = request.into_inner();
+        if r.tty && r.stderr {
+            return Err(Status::invalid_argument(
+                "tty and stderr cannot both be true",
+            ));
+        }
+        if !r.stdin && !r.stdout && !r.stderr {
+            return Err(Status::invalid_argument(
+                "one of stdin, stdout, and stderr must be set",
+            ));
+        }
+        let record = self
+            .containers
+            .running(&r.container_id)
+            .map_err(ServiceError::from)?;
+        let url = self
+            .streaming
+            .url(Pending::Attach {
+                dir: self.containers.state_dir(&record.id),
+                stdin: r.stdin,
+                stdout: r.stdout,
+                stderr: r.stderr,
+            })
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(cri::AttachResponse { url }))
     }
     async fn port_forward(
         &self,
-        _r: Request<cri::PortForwardRequest>,
+        request: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        unimplemented("PortForward")
+        let r = request.into_inner();
+        let sandbox = self
+            .sandboxes
+            .get(&r.pod_sandbox_id)
+            .map_err(ServiceError::from)?;
+        if sandbox.state != State::Ready {
+            return Err(Status::failed_precondition(format!(
+                "pod sandbox {} is not ready",
+                sandbox.id
+            )));
+        }
+        // As upstream, the ports come from the URL's query, not from this request.
+        let url = self
+            .streaming
+            .url(Pending::PortForward {
+                netns: sandbox.namespace_path("net"),
+                sandbox_id: sandbox.id,
+            })
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(cri::PortForwardResponse { url }))
     }
     async fn container_stats(
         &self,

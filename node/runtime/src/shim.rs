@@ -3,7 +3,9 @@
 //! conmon or containerd-shim: it becomes a child subreaper, runs `runc create` with the
 //! container's stdout/stderr on pipes it holds, reports creation through
 //! `<dir>/created`, writes the CRI log (`<RFC3339Nano> <stream> <F|P> <content>`;
-//! SIGUSR1 reopens it, for ReopenContainerLog), waits
+//! SIGUSR1 reopens it, for ReopenContainerLog), relays the output to Attach clients on
+//! `<dir>/attach.sock` and, for containers created with stdin, feeds it what they send,
+//! waits
 //! for the container's init and records its exit in `<dir>/exit.json` (with OOM kills
 //! read from the memory cgroup).
 
@@ -44,6 +46,10 @@ pub struct ShimArgs {
     pub log_path: PathBuf,
     /// The container's cgroup (relative to each hierarchy), for OOM detection.
     pub cgroup: String,
+    /// Give the container a stdin pipe, fed by attach clients.
+    pub stdin: bool,
+    /// Close that pipe when the first attach client that wrote to it leaves.
+    pub stdin_once: bool,
 }
 
 /// How the container ended.
@@ -85,8 +91,93 @@ pub fn rfc3339_nanos(nanos: i64) -> String {
 /// Longest content of one log line; longer lines are split into `P` parts.
 const MAX_LINE: usize = 16 * 1024;
 
-/// Copies a stream into the CRI log.
-fn pump(stream: &'static str, source: impl Read, log: Arc<Mutex<std::fs::File>>) {
+/// Attach clients: connections to the shim's `attach.sock`.
+type Attached = Arc<Mutex<Vec<std::os::unix::net::UnixStream>>>;
+
+/// The socket name in the container directory, reached through `/proc/self/fd/<dir fd>/`
+/// (state directories can be longer than a socket address allows).
+pub const ATTACH_SOCKET: &str = "attach.sock";
+
+/// Attach frames: stream byte (1 stdout, 2 stderr), u32 big-endian length, the bytes.
+/// Output is relayed a line (or 16 KiB) at a time, as it is logged.
+fn broadcast(attached: &Attached, channel: u8, data: &[u8]) {
+    let mut clients = attached.lock().unwrap_or_else(|p| p.into_inner());
+    if clients.is_empty() {
+        return;
+    }
+    let mut frame = Vec::with_capacity(data.len() + 5);
+    frame.push(channel);
+    frame.extend_from_slice(&u32::try_from(data.len()).unwrap_or(u32::MAX).to_be_bytes());
+    frame.extend_from_slice(data);
+    // A client that cannot keep up (1s write timeout) or went away is dropped.
+    clients.retain_mut(|c| c.write_all(&frame).is_ok());
+}
+
+/// The container's stdin (when it has one), shared by attach clients.
+type Stdin = Arc<Mutex<Option<std::io::PipeWriter>>>;
+
+/// Copies what an attach client sends into the container's stdin; with `stdin_once`,
+/// closes it when that client leaves.
+fn feed_stdin(mut conn: std::os::unix::net::UnixStream, stdin: Stdin, stdin_once: bool) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let mut guard = stdin.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(w) = guard.as_mut()
+                    && w.write_all(&buf[..n]).is_err()
+                {
+                    *guard = None;
+                }
+            }
+        }
+    }
+    if stdin_once {
+        *stdin.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// Serves `attach.sock` in `dir` on a thread: accepted clients get the output from now on,
+/// and what they send goes to the container's stdin.
+fn serve_attach(
+    dir: &Path,
+    attached: Attached,
+    stdin: Stdin,
+    stdin_once: bool,
+) -> Result<(), ShimError> {
+    use std::os::fd::AsRawFd as _;
+    let dir_file =
+        std::fs::File::open(dir).map_err(|e| ShimError::Io(dir.display().to_string(), e))?;
+    let path = format!("/proc/self/fd/{}/{ATTACH_SOCKET}", dir_file.as_raw_fd());
+    let _ = std::fs::remove_file(dir.join(ATTACH_SOCKET));
+    let listener = std::os::unix::net::UnixListener::bind(&path)
+        .map_err(|e| ShimError::Io(format!("binding {}", dir.join(ATTACH_SOCKET).display()), e))?;
+    drop(dir_file);
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
+            if let Ok(reader) = conn.try_clone() {
+                let stdin = stdin.clone();
+                std::thread::spawn(move || feed_stdin(reader, stdin, stdin_once));
+            }
+            attached
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+        }
+    });
+    Ok(())
+}
+
+/// Copies a stream into the CRI log and to attach clients.
+fn pump(
+    stream: &'static str,
+    source: impl Read,
+    log: Arc<Mutex<std::fs::File>>,
+    attached: Attached,
+) {
+    let channel = if stream == "stdout" { 1 } else { 2 };
     let mut reader = BufReader::with_capacity(MAX_LINE, source);
     let mut line = Vec::new();
     loop {
@@ -100,6 +191,7 @@ fn pump(stream: &'static str, source: impl Read, log: Arc<Mutex<std::fs::File>>)
         };
         // A line cut at MAX_LINE is partial; an unterminated last line at EOF is full,
         // as containerd writes it.
+        broadcast(&attached, channel, &line[..n]);
         let (tag, content) = if line.ends_with(b"\n") {
             ("F", &line[..n - 1])
         } else if n == MAX_LINE {
@@ -177,6 +269,12 @@ fn monitor(args: &ShimArgs, created: &Path) -> Result<(), ShimError> {
     let log = Arc::new(Mutex::new(log));
     let (out_r, out_w) = std::io::pipe().map_err(|e| ShimError::Io("pipe".into(), e))?;
     let (err_r, err_w) = std::io::pipe().map_err(|e| ShimError::Io("pipe".into(), e))?;
+    let (stdin_r, stdin_w) = if args.stdin {
+        let (r, w) = std::io::pipe().map_err(|e| ShimError::Io("pipe".into(), e))?;
+        (Stdio::from(r), Some(w))
+    } else {
+        (Stdio::null(), None)
+    };
     let pid_file = args.dir.join("pid");
     let create_log = args.dir.join("runc-create.log");
     let status = Command::new(&args.runc)
@@ -190,7 +288,7 @@ fn monitor(args: &ShimArgs, created: &Path) -> Result<(), ShimError> {
         .arg("--pid-file")
         .arg(&pid_file)
         .arg(&args.id)
-        .stdin(Stdio::null())
+        .stdin(stdin_r)
         .stdout(out_w)
         .stderr(err_w)
         .status()
@@ -227,13 +325,16 @@ fn monitor(args: &ShimArgs, created: &Path) -> Result<(), ShimError> {
             }
         });
     }
+    let attached: Attached = Arc::default();
+    let stdin: Stdin = Arc::new(Mutex::new(stdin_w));
+    serve_attach(&args.dir, attached.clone(), stdin.clone(), args.stdin_once)?;
     let out = {
-        let log = log.clone();
-        std::thread::spawn(move || pump("stdout", out_r, log))
+        let (log, attached) = (log.clone(), attached.clone());
+        std::thread::spawn(move || pump("stdout", out_r, log, attached))
     };
     let err = {
-        let log = log.clone();
-        std::thread::spawn(move || pump("stderr", err_r, log))
+        let (log, attached) = (log.clone(), attached.clone());
+        std::thread::spawn(move || pump("stderr", err_r, log, attached))
     };
     write_atomic(created, b"ok")?;
     // The container's init is our child now (runc exited, we are the subreaper).
@@ -254,6 +355,9 @@ fn monitor(args: &ShimArgs, created: &Path) -> Result<(), ShimError> {
     while !(out.is_finished() && err.is_finished()) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
+    // Attach clients see the end of the stream.
+    let _ = std::fs::remove_file(args.dir.join(ATTACH_SOCKET));
+    attached.lock().unwrap_or_else(|p| p.into_inner()).clear();
     let exit = Exit {
         code,
         finished_at,
@@ -288,7 +392,12 @@ mod tests {
         let file = std::fs::File::create(&path).expect("create");
         let long = "x".repeat(MAX_LINE + 10);
         let input = format!("hello\n{long}\nlast");
-        pump("stdout", input.as_bytes(), Arc::new(Mutex::new(file)));
+        pump(
+            "stdout",
+            input.as_bytes(),
+            Arc::new(Mutex::new(file)),
+            Arc::default(),
+        );
         let text = std::fs::read_to_string(&path).expect("read");
         let lines: Vec<Vec<&str>> = text.lines().map(|l| l.splitn(4, ' ').collect()).collect();
         assert_eq!(lines.len(), 4, "{text}");

@@ -139,6 +139,8 @@ fn spec_joins_the_sandbox_and_carries_limits() {
         mounts: Vec::new(),
         cgroup: "/pods/p/c".into(),
         name_key: String::new(),
+        stdin: false,
+        stdin_once: false,
     };
     let img = image(&["/bin/sleep"], &["1"], "");
     let spec = oci_spec(&sandbox, &config, &img, &record, dir.path(), &sandbox.dir).expect("spec");
@@ -219,6 +221,8 @@ fn phase_comes_from_the_files() {
         mounts: Vec::new(),
         cgroup: String::new(),
         name_key: "k".into(),
+        stdin: false,
+        stdin_once: false,
     };
     let state = dir.path().join("containers/c1");
     std::fs::create_dir_all(&state).expect("mkdir");

@@ -1,0 +1,259 @@
+//! The streaming server behind the CRI Exec, Attach and PortForward calls.
+//!
+//! As upstream's CRI streaming server: the gRPC call validates the request and answers
+//! with a URL `http://<addr>/exec/<token>` naming it; the client (kubelet, crictl) then
+//! opens that URL and upgrades the connection to a bidirectional stream. Tokens are
+//! single-use and expire after a minute ([`tokens`]). The server listens on a TCP address
+//! (`ferrokube runtime --streaming-addr`, by default a random loopback port, as
+//! containerd's default).
+//!
+//! Built: exec over WebSocket with channel protocols v4 and v5 ([`websocket`], [`exec`]),
+//! with or without a terminal; attach to a container's output ([`attach`]); port
+//! forwarding over WebSocket ([`portforward`]). Not built yet: SPDY/3.1 (a `SPDY/3.1`
+//! upgrade request is refused), terminals for attach.
+
+pub mod attach;
+pub mod exec;
+pub mod portforward;
+pub mod tokens;
+pub mod websocket;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+
+use crate::container::Containers;
+use tokens::{TOKEN_TTL, TokenError, Tokens};
+
+/// Streaming server errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamingError {
+    /// The listening socket could not be bound.
+    #[error("binding the streaming server to {0}: {1}")]
+    Bind(SocketAddr, #[source] std::io::Error),
+    /// No token could be issued.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The WebSocket handshake failed (bad request, unknown token, no common protocol).
+    #[error("websocket handshake: {0}")]
+    Handshake(#[from] tokio_tungstenite::tungstenite::Error),
+}
+
+/// An exec the CRI Exec call validated, waiting for its client.
+#[derive(Debug, Clone)]
+pub struct ExecRequest {
+    /// The (full) container ID.
+    pub container_id: String,
+    /// The command and its arguments.
+    pub cmd: Vec<String>,
+    /// Run it on a terminal.
+    pub tty: bool,
+    /// The client sends stdin.
+    pub stdin: bool,
+    /// The client wants stdout.
+    pub stdout: bool,
+    /// The client wants stderr (never with `tty`).
+    pub stderr: bool,
+}
+
+/// A request waiting for its client to connect.
+#[derive(Debug, Clone)]
+pub enum Pending {
+    /// `/exec/<token>`.
+    Exec(ExecRequest),
+    /// `/attach/<token>`: the output of the container whose state directory is `dir`.
+    Attach {
+        /// The container's state directory (its shim's socket is there).
+        dir: std::path::PathBuf,
+        /// Relay the client's stdin.
+        stdin: bool,
+        /// Relay stdout.
+        stdout: bool,
+        /// Relay stderr.
+        stderr: bool,
+    },
+    /// `/portforward/<token>?port=...`: into the sandbox's network namespace (`None`:
+    /// the host's, for host-network pods).
+    PortForward {
+        /// The sandbox, for messages.
+        sandbox_id: String,
+        /// Its network namespace.
+        netns: Option<std::path::PathBuf>,
+    },
+}
+
+impl Pending {
+    fn path(&self) -> &'static str {
+        match self {
+            Pending::Exec(_) => "exec",
+            Pending::Attach { .. } => "attach",
+            Pending::PortForward { .. } => "portforward",
+        }
+    }
+}
+
+/// The streaming server: pending requests and what serves them.
+#[derive(Debug)]
+pub struct Streaming {
+    base: String,
+    tokens: Tokens<Pending>,
+    containers: Arc<Containers>,
+}
+
+impl Streaming {
+    /// Binds `addr` (port 0: a random one); serve the listener with [`Streaming::serve`].
+    pub async fn bind(
+        addr: SocketAddr,
+        containers: Arc<Containers>,
+    ) -> Result<(Arc<Streaming>, TcpListener), StreamingError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| StreamingError::Bind(addr, e))?;
+        let mut local = listener
+            .local_addr()
+            .map_err(|e| StreamingError::Bind(addr, e))?;
+        if local.ip().is_unspecified() {
+            // Clients need an address to connect to; loopback is the one that works.
+            local.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
+        let streaming = Streaming {
+            base: format!("http://{local}"),
+            tokens: Tokens::new(TOKEN_TTL),
+            containers,
+        };
+        Ok((Arc::new(streaming), listener))
+    }
+
+    /// `http://host:port`, the prefix of every URL handed out.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// Registers `pending` and returns the URL its client must open.
+    pub fn url(&self, pending: Pending) -> Result<String, StreamingError> {
+        let path = pending.path();
+        let token = self.tokens.insert(pending)?;
+        Ok(format!("{}/{path}/{token}", self.base))
+    }
+
+    /// Accepts connections until the task is dropped; each is served on its own task.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    let streaming = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = streaming.handle(stream).await {
+                            tracing::debug!(%peer, error = %e, "streaming connection failed");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a streaming connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, stream: TcpStream) -> Result<(), StreamingError> {
+        let mut accepted = None;
+        // The error type is tungstenite's.
+        #[allow(clippy::result_large_err)]
+        let callback = |request: &Request, mut response: Response| {
+            let (pending, protocol, ports) = self
+                .accept(request)
+                .map_err(|(status, message)| refuse(status, message))?;
+            if let Some(protocol) = protocol {
+                response
+                    .headers_mut()
+                    .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(protocol));
+            }
+            accepted = Some((pending, protocol.unwrap_or_default(), ports));
+            Ok(response)
+        };
+        let ws = tokio_tungstenite::accept_hdr_async(stream, callback).await?;
+        let Some((pending, protocol, ports)) = accepted else {
+            return Ok(());
+        };
+        match pending {
+            Pending::Exec(request) => {
+                tracing::debug!(container = %request.container_id, cmd = ?request.cmd, protocol, "exec");
+                exec::serve(ws, protocol == websocket::V5, request, &self.containers).await;
+            }
+            Pending::Attach {
+                dir,
+                stdin,
+                stdout,
+                stderr,
+            } => {
+                tracing::debug!(dir = %dir.display(), protocol, "attach");
+                let v5 = protocol == websocket::V5;
+                attach::serve(ws, &dir, (stdin, stdout, stderr, v5)).await;
+            }
+            Pending::PortForward { sandbox_id, netns } => {
+                tracing::debug!(sandbox = %sandbox_id, ?ports, "port-forward");
+                portforward::serve(ws, sandbox_id, netns, ports).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Looks the token up (consuming it), picks the subprotocol (`None`: the client
+    /// offered none, which port forwarding allows as upstream) and, for port forwarding,
+    /// reads the ports.
+    #[allow(clippy::type_complexity)]
+    fn accept(
+        &self,
+        request: &Request,
+    ) -> Result<(Pending, Option<&'static str>, Vec<u16>), (StatusCode, &'static str)> {
+        let mut parts = request.uri().path().trim_start_matches('/').split('/');
+        let (Some(kind), Some(token), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err((StatusCode::NOT_FOUND, "no such streaming endpoint"));
+        };
+        let pending = self
+            .tokens
+            .take(token)
+            .filter(|p| p.path() == kind)
+            .ok_or((StatusCode::NOT_FOUND, "unknown or expired token"))?;
+        let offered = request.headers().contains_key(SEC_WEBSOCKET_PROTOCOL);
+        match pending {
+            Pending::Exec(_) | Pending::Attach { .. } => {
+                let protocol = websocket::negotiate(request.headers(), &[websocket::V5, websocket::V4])
+                    .ok_or((
+                        StatusCode::BAD_REQUEST,
+                        "no supported Sec-WebSocket-Protocol (want v5.channel.k8s.io or v4.channel.k8s.io)",
+                    ))?;
+                Ok((pending, Some(protocol), Vec::new()))
+            }
+            Pending::PortForward { .. } => {
+                let protocol = websocket::negotiate(request.headers(), &[websocket::V4]);
+                if offered && protocol.is_none() {
+                    return Err((
+                        StatusCode::BAD_REQUEST,
+                        "no supported Sec-WebSocket-Protocol (want v4.channel.k8s.io)",
+                    ));
+                }
+                let ports = portforward::parse_ports(request.uri().query())
+                    .ok_or((StatusCode::BAD_REQUEST, "invalid port in the query"))?;
+                if ports.is_empty() {
+                    return Err((
+                        StatusCode::BAD_REQUEST,
+                        "query parameter \"port\" is required",
+                    ));
+                }
+                Ok((pending, protocol, ports))
+            }
+        }
+    }
+}
+
+fn refuse(status: StatusCode, message: &str) -> ErrorResponse {
+    let mut response = ErrorResponse::new(Some(message.to_string()));
+    *response.status_mut() = status;
+    response
+}
