@@ -77,6 +77,11 @@ struct RunArgs {
     /// Default: the IPv4 addresses of --interface.
     #[arg(long = "node-ip")]
     node_ips: Vec<std::net::Ipv4Addr>,
+    /// The XDP NodePort fast path on --interface (flows to backends on other nodes):
+    /// native (falls back to generic with a warning), generic or off. Default: native
+    /// when --interface is given.
+    #[arg(long, value_name = "native|generic|off")]
+    xdp: Option<ferrokube_proxy::XdpMode>,
     /// Apply the file (or the apiserver's first snapshot) once and exit (the pinned
     /// dataplane keeps serving).
     #[arg(long)]
@@ -120,6 +125,11 @@ async fn serve(args: RunArgs) -> Result<()> {
     };
     let mut config = Config::new(node, args.cgroup);
     config.bpffs = args.bpffs;
+    config.xdp = match (args.xdp, &args.interface) {
+        (Some(mode), _) => mode,
+        (None, Some(_)) => ferrokube_proxy::XdpMode::Native,
+        (None, None) => ferrokube_proxy::XdpMode::Off,
+    };
     config.interface = args.interface;
     config.node_ips = args.node_ips;
     config.sizes = Sizes {

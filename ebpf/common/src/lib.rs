@@ -61,6 +61,8 @@ pub mod map_names {
     pub const SERVICE_STATS: &str = "FK_SVC_STATS";
     /// Per-backend counters, per CPU, indexed by backend id.
     pub const BACKEND_STATS: &str = "FK_BE_STATS";
+    /// Counters of the XDP fast path, per CPU (see [`crate::stats::xdp`]).
+    pub const XDP_STATS: &str = "FK_XDP_STATS";
 }
 
 /// Names of the programs in the object file.
@@ -77,6 +79,10 @@ pub mod program_names {
     pub const TC_INGRESS: &str = "fk_tc_ingress";
     /// tc egress on the external interface.
     pub const TC_EGRESS: &str = "fk_tc_egress";
+    /// XDP on the external interface (the NodePort fast path for remote backends).
+    pub const XDP: &str = "fk_xdp";
+    /// XDP that passes everything, for the far end of a veth (see `fk_xdp`).
+    pub const XDP_PASS: &str = "fk_xdp_pass";
 }
 
 /// Default map sizes, overridable by the loader.

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use ferrokube_ebpf_common::{
     AffinityKey, AffinityValue, Backend, ClientAffinityKey, Counters, CtKey, CtValue, NodeConfig,
-    RevNatKey, RevNatValue, ServiceKey, ServiceValue, SlotKey, sizes,
+    RevNatKey, RevNatValue, ServiceKey, ServiceValue, SlotKey, sizes, stats,
 };
 
 #[map(name = "FK_SERVICES")]
@@ -40,3 +40,6 @@ pub static CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(sizes::MAX_CT, 0)
 
 #[map(name = "FK_NODE")]
 pub static NODE: Array<NodeConfig> = Array::pinned(1, 0);
+
+#[map(name = "FK_XDP_STATS")]
+pub static XDP_STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::xdp::COUNT, 0);

@@ -24,4 +24,4 @@ pub mod source;
 pub mod sync;
 
 pub use agent::Agent;
-pub use loader::{Config, Sizes, Snat};
+pub use loader::{Config, Sizes, Snat, XdpMode};

@@ -62,6 +62,8 @@ pub struct NodeReport {
     pub node: String,
     /// Its frontends.
     pub frontends: Vec<FrontendReport>,
+    /// The XDP fast path's counters, when its link is pinned (attached).
+    pub xdp: Option<crate::loader::XdpCounters>,
 }
 
 /// Reads the frontends of one node (or of every node with pins when `node` is `None`).
@@ -85,7 +87,16 @@ pub fn list(bpffs: &Path, node: Option<&str>) -> Result<Vec<NodeReport>, ListErr
             Err(e) => return Err(maps_error(e)),
         };
         let frontends = report(&maps).map_err(maps_error)?;
-        out.push(NodeReport { node, frontends });
+        let xdp = if crate::loader::xdp_link_path(&dir).exists() {
+            Some(crate::loader::xdp_counters(&dir).map_err(maps_error)?)
+        } else {
+            None
+        };
+        out.push(NodeReport {
+            node,
+            frontends,
+            xdp,
+        });
     }
     Ok(out)
 }
@@ -139,6 +150,13 @@ pub fn render(reports: &[NodeReport]) -> String {
             node.node,
             node.frontends.len()
         );
+        if let Some(x) = &node.xdp {
+            let _ = writeln!(
+                out,
+                "  xdp fast path: attached  forward {}  reverse {}  fallback {}",
+                x.forward, x.reverse, x.fallback
+            );
+        }
         for f in &node.frontends {
             let _ = writeln!(
                 out,

@@ -14,8 +14,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use ferrokube_proxy::loader::{XdpCounters, XdpPass, xdp_counters};
 use ferrokube_proxy::sync::{ApplyStats, Input};
-use ferrokube_proxy::{Agent, Config, Sizes, Snat, bpffs, list, source};
+use ferrokube_proxy::{Agent, Config, Sizes, Snat, XdpMode, bpffs, list, source};
 use ferrokube_testkit::netlab::{EchoServers, NodeLab, TestCgroup, unique_name};
 use ferrokube_testkit::netns::Netns;
 
@@ -34,10 +35,11 @@ impl Drop for Pins {
     }
 }
 
-/// Fields drop in order: agent, pins, cgroup, servers, lab.
+/// Fields drop in order: agent, pins, peer programs, cgroup, servers, lab.
 struct Harness {
     agent: Option<Agent>,
     pins: Pins,
+    _peers: Vec<XdpPass>,
     _cgroup: TestCgroup,
     _servers: Vec<EchoServers>,
     lab: NodeLab,
@@ -51,6 +53,14 @@ impl Harness {
     }
 
     fn with_snat(pods1: u8, pods2: u8, snat: Snat) -> Result<Self> {
+        Self::with_options(pods1, pods2, snat, XdpMode::Off)
+    }
+
+    fn with_xdp(pods1: u8, pods2: u8, xdp: XdpMode) -> Result<Self> {
+        Self::with_options(pods1, pods2, Snat::default(), xdp)
+    }
+
+    fn with_options(pods1: u8, pods2: u8, snat: Snat, xdp: XdpMode) -> Result<Self> {
         let lab = NodeLab::new(pods1, pods2)?;
         let servers = vec![
             EchoServers::start_reporting_peer(&lab.pods1.path(), &lab.pod1_addrs, TARGET)?,
@@ -69,10 +79,21 @@ impl Harness {
         };
         config.interface = Some(NodeLab::EXTERNAL_IF.into());
         config.snat = snat;
+        config.xdp = xdp;
         let pins = Pins {
             bpffs: config.bpffs.clone(),
             node: node.clone(),
         };
+        let mut peers = Vec::new();
+        if xdp == XdpMode::Native {
+            for peer in NodeLab::PEERS {
+                let bpffs = config.bpffs.clone();
+                peers.push(
+                    lab.outside
+                        .run_in(move || Ok(XdpPass::attach(peer, &bpffs)?))?,
+                );
+            }
+        }
         let agent = start_in(&lab.node1, &config)?;
         ensure!(
             agent.dataplane().node_ips() == [NODE1],
@@ -82,6 +103,7 @@ impl Harness {
         Ok(Self {
             agent: Some(agent),
             pins,
+            _peers: peers,
             _cgroup: cgroup,
             _servers: servers,
             lab,
@@ -105,6 +127,11 @@ impl Harness {
 
     fn outside(&self) -> &Netns {
         &self.lab.outside
+    }
+
+    fn xdp(&self) -> Result<XdpCounters> {
+        let dir = bpffs::pin_dir(&self.pins.bpffs, &self.node)?;
+        Ok(xdp_counters(&dir)?)
     }
 }
 
@@ -854,5 +881,199 @@ fn a_backends_icmp_error_reaches_the_client_as_the_frontends_needs_root() -> Res
         "remote, after {elapsed:?}"
     );
     assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+    Ok(())
+}
+
+/// Several UDP requests from one client socket (one flow); each reply must come from `to`.
+fn udp_flow(ns: &Netns, to: SocketAddrV4, requests: usize) -> Result<Vec<Echo>> {
+    ns.run_in(move || {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut out = Vec::new();
+        for _ in 0..requests {
+            socket.send_to(b"hello", to)?;
+            let mut buf = [0u8; 128];
+            let (n, from) = socket.recv_from(&mut buf).context("no UDP reply")?;
+            ensure!(from == SocketAddr::V4(to), "reply came from {from}");
+            out.push(Echo::parse(std::str::from_utf8(&buf[..n])?)?);
+        }
+        Ok(out)
+    })
+}
+
+/// Whether node 1's `eth0` has an XDP program attached (`ip link` shows `xdp...`).
+fn eth0_has_xdp(lab: &NodeLab) -> Result<bool> {
+    let shown = lab.node1.ip(&["link", "show", NodeLab::EXTERNAL_IF])?;
+    Ok(shown.contains(" xdp") || shown.contains("prog/xdp"))
+}
+
+#[test]
+fn xdp_fast_path_forwards_remote_tcp_and_udp_and_leaves_local_to_tc_needs_root() -> Result<()> {
+    let mut h = Harness::with_xdp(1, 1, XdpMode::Native)?;
+    assert_eq!(
+        h.agent.as_ref().and_then(|a| a.dataplane().xdp_attached()),
+        Some(XdpMode::Native),
+        "native XDP on a veth"
+    );
+    assert!(eth0_has_xdp(&h.lab)?, "attached to eth0");
+    let node = h.node.clone();
+    let (local, remote) = (h.lab.pod1_addrs[0], h.lab.pod2_addrs[0]);
+    let mut yaml = service(
+        "xremote",
+        "NodePort",
+        "",
+        &[("http", "TCP", 80, 30181), ("dns", "UDP", 53, 30153)],
+        &[(remote, "other-node", "ready")],
+    );
+    yaml.push_str("---\n");
+    yaml.push_str(&service(
+        "xlocal",
+        "NodePort",
+        "",
+        &[("http", "TCP", 81, 30182)],
+        &[(local, &node, "ready")],
+    ));
+    h.apply(&yaml)?;
+    assert!(
+        h.list()?.contains("xdp fast path: attached"),
+        "{}",
+        h.list()?
+    );
+
+    // TCP to the remote backend: the SYN goes through tc (which picks the backend and
+    // the SNAT port); the rest of the handshake, the request, the reply and the close
+    // go through XDP both ways.
+    let before = h.xdp()?;
+    for _ in 0..5 {
+        let echo = tcp(h.outside(), at(NODE1, 30181))?;
+        assert_eq!(echo.backend, remote);
+        assert_eq!(echo.peer.ip(), NODE1, "SNAT to the node address");
+        assert!(echo.peer.port() >= 61_000, "SNAT port range: {echo:?}");
+    }
+    let tcp_done = h.xdp()?;
+    // Per connection at least: the ACK, the request and a FIN forward; the SYN-ACK, the
+    // reply and a FIN back.
+    assert!(
+        tcp_done.forward >= before.forward + 5 * 3 && tcp_done.reverse >= before.reverse + 5 * 3,
+        "XDP handled the TCP flows: {before:?} -> {tcp_done:?}"
+    );
+
+    // UDP: the flow's first datagram through tc, the other 7 and all 8 replies in XDP.
+    let echoes = udp_flow(h.outside(), at(NODE1, 30153), 8)?;
+    assert!(
+        echoes
+            .iter()
+            .all(|e| e.backend == remote && e.peer.ip() == NODE1),
+        "{echoes:?}"
+    );
+    let udp_done = h.xdp()?;
+    assert!(
+        udp_done.forward >= tcp_done.forward + 7 && udp_done.reverse >= tcp_done.reverse + 8,
+        "XDP handled the UDP flow: {tcp_done:?} -> {udp_done:?}"
+    );
+
+    // A local backend is tc's: XDP passes it untouched, the client address is kept.
+    for _ in 0..3 {
+        let echo = tcp(h.outside(), at(NODE1, 30182))?;
+        assert_eq!(
+            (echo.backend, echo.peer.ip()),
+            (local, std::net::IpAddr::V4(NodeLab::CLIENT))
+        );
+    }
+    let local_done = h.xdp()?;
+    assert_eq!(
+        (local_done.forward, local_done.reverse),
+        (udp_done.forward, udp_done.reverse),
+        "local flows are not XDP's"
+    );
+
+    // Reset detaches the XDP program (the kernel releases an unpinned link
+    // asynchronously).
+    h.agent = None;
+    bpffs::remove(&h.pins.bpffs, &node)?;
+    let lab = &h.lab;
+    ferrokube_testkit::wait_for("XDP detached after reset", Duration::from_secs(10), || {
+        Ok((!eth0_has_xdp(lab)?).then_some(()))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn xdp_generic_mode_forwards_remote_flows_needs_root() -> Result<()> {
+    let mut h = Harness::with_xdp(0, 1, XdpMode::Generic)?;
+    assert_eq!(
+        h.agent.as_ref().and_then(|a| a.dataplane().xdp_attached()),
+        Some(XdpMode::Generic)
+    );
+    let remote = h.lab.pod2_addrs[0];
+    h.apply(&service(
+        "xgeneric",
+        "NodePort",
+        "",
+        &[("http", "TCP", 80, 30183), ("dns", "UDP", 53, 30154)],
+        &[(remote, "other-node", "ready")],
+    ))?;
+    let echo = tcp(h.outside(), at(NODE1, 30183))?;
+    assert_eq!(
+        (echo.backend, echo.peer.ip()),
+        (remote, std::net::IpAddr::V4(NODE1))
+    );
+    let echoes = udp_flow(h.outside(), at(NODE1, 30154), 4)?;
+    assert!(echoes.iter().all(|e| e.backend == remote));
+    let counters = h.xdp()?;
+    assert!(
+        counters.forward >= 3 + 3 && counters.reverse >= 3 + 4,
+        "{counters:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn xdp_restart_adopts_the_link_and_keeps_an_established_remote_flow_needs_root() -> Result<()> {
+    let mut h = Harness::with_xdp(0, 1, XdpMode::Native)?;
+    let remote = h.lab.pod2_addrs[0];
+    let yaml = service(
+        "xrestart",
+        "NodePort",
+        "",
+        &[("http", "TCP", 80, 30184)],
+        &[(remote, "other-node", "ready")],
+    );
+    h.apply(&yaml)?;
+    let to = at(NODE1, 30184);
+    let (go, open) = open_connection(h.outside(), to);
+    ferrokube_testkit::wait_for("the connection", Duration::from_secs(5), || {
+        Ok(h.list()?.contains("translated 1 ").then_some(()))
+    })?;
+    h.agent = None;
+    let agent = start_in(&h.lab.node1, &h.config)?;
+    assert_eq!(
+        agent.dataplane().adopted_links(),
+        7,
+        "4 cgroup + 2 tc + 1 XDP links"
+    );
+    assert_eq!(
+        agent.dataplane().xdp_attached(),
+        None,
+        "adopted, not attached again"
+    );
+    h.agent = Some(agent);
+    let stats = h.apply(&yaml)?;
+    assert_eq!(stats.total(), 0, "same input, nothing written: {stats:?}");
+    let before = h.xdp()?;
+    go.send(())?;
+    let echo = open
+        .join()
+        .map_err(|_| anyhow::anyhow!("client panicked"))??;
+    assert_eq!(
+        (echo.backend, echo.peer.ip()),
+        (remote, std::net::IpAddr::V4(NODE1)),
+        "the open flow survived"
+    );
+    let after = h.xdp()?;
+    assert!(
+        after.forward > before.forward && after.reverse > before.reverse,
+        "through the adopted XDP link: {before:?} -> {after:?}"
+    );
     Ok(())
 }
