@@ -82,6 +82,19 @@ struct RunArgs {
     /// when --interface is given.
     #[arg(long, value_name = "native|generic|off")]
     xdp: Option<ferrokube_proxy::XdpMode>,
+    /// How NodePort, ExternalIP and LoadBalancer frontends pick a backend for a new flow
+    /// from outside, unless the Service's `service.cilium.io/lb-algorithm` annotation
+    /// says otherwise: random, or maglev (consistent hashing: the same flow gets the
+    /// same backend on every node).
+    #[arg(long, default_value = "random", value_name = "random|maglev")]
+    lb_algorithm: ferrokube_proxy::LbAlgorithm,
+    /// Maglev lookup-table size M (a prime below 65536; at least ~100 times the largest
+    /// backend count; used when the maps are first created).
+    #[arg(long, default_value_t = ferrokube_proxy::Maglev::default().size)]
+    maglev_table_size: u16,
+    /// How many external frontends may use Maglev (used when the maps are first created).
+    #[arg(long, default_value_t = ferrokube_proxy::Maglev::default().tables)]
+    max_maglev_tables: u32,
     /// Apply the file (or the apiserver's first snapshot) once and exit (the pinned
     /// dataplane keeps serving).
     #[arg(long)]
@@ -132,6 +145,11 @@ async fn serve(args: RunArgs) -> Result<()> {
     };
     config.interface = args.interface;
     config.node_ips = args.node_ips;
+    config.lb_algorithm = args.lb_algorithm;
+    config.maglev = ferrokube_proxy::Maglev {
+        size: args.maglev_table_size,
+        tables: args.max_maglev_tables,
+    };
     config.sizes = Sizes {
         services: args.max_services,
         backends: args.max_backends,

@@ -16,6 +16,7 @@
 pub mod affinity;
 pub mod backend;
 pub mod ct;
+pub mod maglev;
 pub mod node;
 pub mod revnat;
 pub mod service;
@@ -26,7 +27,7 @@ pub use backend::{BACKEND_LOCAL, Backend, SlotKey};
 pub use ct::{CtKey, CtValue};
 pub use node::NodeConfig;
 pub use revnat::{RevNatKey, RevNatValue};
-pub use service::{SERVICE_EXTERNAL, ServiceKey, ServiceValue};
+pub use service::{SERVICE_EXTERNAL, SERVICE_MAGLEV, ServiceKey, ServiceValue};
 pub use stats::Counters;
 
 /// `AF_INET`.
@@ -63,6 +64,9 @@ pub mod map_names {
     pub const BACKEND_STATS: &str = "FK_BE_STATS";
     /// Counters of the XDP fast path, per CPU (see [`crate::stats::xdp`]).
     pub const XDP_STATS: &str = "FK_XDP_STATS";
+    /// Maglev lookup tables: an array of backend ids (`u32`), `M` per table (see
+    /// [`crate::maglev`]).
+    pub const MAGLEV: &str = "FK_MAGLEV";
 }
 
 /// Names of the programs in the object file.

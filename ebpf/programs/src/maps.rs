@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use ferrokube_ebpf_common::{
     AffinityKey, AffinityValue, Backend, ClientAffinityKey, Counters, CtKey, CtValue, NodeConfig,
-    RevNatKey, RevNatValue, ServiceKey, ServiceValue, SlotKey, sizes, stats,
+    RevNatKey, RevNatValue, ServiceKey, ServiceValue, SlotKey, maglev, sizes, stats,
 };
 
 #[map(name = "FK_SERVICES")]
@@ -43,3 +43,7 @@ pub static NODE: Array<NodeConfig> = Array::pinned(1, 0);
 
 #[map(name = "FK_XDP_STATS")]
 pub static XDP_STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::xdp::COUNT, 0);
+
+#[map(name = "FK_MAGLEV")]
+pub static MAGLEV: Array<u32> =
+    Array::pinned(maglev::DEFAULT_TABLES * maglev::DEFAULT_SIZE as u32, 0);

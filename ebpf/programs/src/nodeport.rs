@@ -27,12 +27,13 @@ use aya_ebpf::{
 };
 use ferrokube_ebpf_common::{
     AffinityValue, BACKEND_LOCAL, ClientAffinityKey, CtKey, CtValue, FAMILY_V4, NodeConfig,
-    PROTO_TCP, PROTO_UDP, SERVICE_EXTERNAL, ServiceKey, ServiceValue, SlotKey,
+    PROTO_TCP, PROTO_UDP, SERVICE_EXTERNAL, SERVICE_MAGLEV, ServiceKey, ServiceValue, SlotKey,
     ct::{CT_CLOSING, CT_FORWARD, CT_REPLY, CT_SNAT_IN, CT_SNAT_OUT},
+    maglev,
 };
 
 use crate::maps::{
-    BACKEND_STATS, BACKENDS, CLIENT_AFFINITY, CT, NODE, SERVICE_STATS, SERVICES, SLOTS,
+    BACKEND_STATS, BACKENDS, CLIENT_AFFINITY, CT, MAGLEV, NODE, SERVICE_STATS, SERVICES, SLOTS,
 };
 use crate::sock::count;
 
@@ -405,17 +406,55 @@ fn touch(owner: &CtKey, closes: bool) {
     }
 }
 
-/// A backend id and its slot for a new flow: the client's previous one while affinity
-/// holds, else a random slot's.
-fn pick_backend(packet: &Packet, service: &ServiceValue) -> Option<(u32, u32)> {
-    let slot_of = |slot: u32| {
-        let key = SlotKey {
-            service_id: service.service_id,
-            slot,
-        };
-        // SAFETY: copied at once.
-        unsafe { SLOTS.get(&key) }.copied()
+/// The backend id in a frontend's slot: a random-slot frontend's `FK_SLOTS` entry
+/// (slots `0..count`), or a Maglev frontend's lookup-table entry (slots `0..M`).
+fn slot_backend(service: &ServiceValue, slot: u32) -> Option<u32> {
+    if service.flags & SERVICE_MAGLEV != 0 {
+        let size = u32::from(NODE.get(0)?.maglev_size);
+        if slot >= size {
+            return None;
+        }
+        let index = maglev::table_of(service.flags)
+            .checked_mul(size)?
+            .checked_add(slot)?;
+        return MAGLEV.get(index).copied().filter(|id| *id != 0);
+    }
+    if slot >= service.count {
+        return None;
+    }
+    let key = SlotKey {
+        service_id: service.service_id,
+        slot,
     };
+    // SAFETY: copied at once.
+    unsafe { SLOTS.get(&key) }.copied()
+}
+
+/// A backend id and its slot for a new flow. Maglev: the table entry the flow's hash
+/// (of the 5-tuple, or of the client address under session affinity) points at, the same
+/// on every node. Otherwise: the client's previous one while affinity holds, else a
+/// random slot's.
+fn pick_backend(packet: &Packet, service: &ServiceValue) -> Option<(u32, u32)> {
+    if service.flags & SERVICE_MAGLEV != 0 {
+        let size = u32::from(NODE.get(0)?.maglev_size);
+        if size == 0 {
+            return None;
+        }
+        let hash = if service.affinity_timeout == 0 {
+            maglev::flow_hash(
+                packet.saddr,
+                packet.daddr,
+                packet.sport,
+                packet.dport,
+                packet.proto,
+            )
+        } else {
+            maglev::client_hash(packet.saddr)
+        };
+        let slot = hash % size;
+        return slot_backend(service, slot).map(|id| (id, slot));
+    }
+    let slot_of = |slot: u32| slot_backend(service, slot);
     // SAFETY: helper without arguments.
     let random = unsafe { bpf_get_prandom_u32() } % service.count;
     if service.affinity_timeout == 0 {
@@ -463,13 +502,7 @@ fn still_valid(packet: &Packet, syn: bool, service: &ServiceValue, entry: &CtVal
         if !syn {
             return true;
         }
-        let key = SlotKey {
-            service_id: service.service_id,
-            slot: entry.slot,
-        };
-        // SAFETY: copied at once.
-        return entry.slot < service.count
-            && unsafe { SLOTS.get(&key) }.copied() == Some(entry.backend_id);
+        return slot_backend(service, entry.slot) == Some(entry.backend_id);
     }
     // SAFETY: copied at once.
     match unsafe { BACKENDS.get(&entry.backend_id) }.copied() {

@@ -53,6 +53,8 @@ pub struct FrontendReport {
     pub external: bool,
     /// Its backends in slot order.
     pub backends: Vec<BackendReport>,
+    /// New flows from outside pick backends by Maglev (else at random).
+    pub maglev: bool,
 }
 
 /// One node's frontends, sorted.
@@ -134,6 +136,7 @@ pub fn report(maps: &impl MapOps) -> Result<Vec<FrontendReport>, MapsError> {
             affinity_timeout: value.affinity_timeout,
             external: value.flags & ferrokube_ebpf_common::SERVICE_EXTERNAL != 0,
             backends: list,
+            maglev: value.flags & ferrokube_ebpf_common::SERVICE_MAGLEV != 0,
         });
     }
     out.sort_by_key(|f| f.frontend);
@@ -160,12 +163,13 @@ pub fn render(reports: &[NodeReport]) -> String {
         for f in &node.frontends {
             let _ = writeln!(
                 out,
-                "  {:<28} {:<8} id {:<6} translated {:<8} refused {}{}{}",
+                "  {:<28} {:<8} id {:<6} translated {:<8} refused {}{}{}{}",
                 f.frontend.to_string(),
                 if f.external { "external" } else { "cluster" },
                 f.service_id,
                 f.counters.translations,
                 f.counters.refused,
+                if f.maglev { "  maglev" } else { "" },
                 if f.affinity_timeout > 0 {
                     format!("  affinity ClientIP {}s", f.affinity_timeout)
                 } else {

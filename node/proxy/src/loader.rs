@@ -19,11 +19,12 @@ use aya::programs::{
     XdpMode as AyaXdpMode, links::FdLink, links::PinnedLink, tc::TcAttachOptions,
 };
 use aya::{Ebpf, EbpfLoader};
-use ferrokube_ebpf_common::{FAMILY_V4, NodeConfig, ct, map_names, program_names, sizes};
+use ferrokube_ebpf_common::{FAMILY_V4, NodeConfig, ct, maglev, map_names, program_names, sizes};
 use tracing::{info, warn};
 
 use crate::bpffs::{self, BpffsError};
 use crate::maps::{KernelMaps, MapsError};
+use crate::model::LbAlgorithm;
 
 /// The object built from `ebpf/programs` by this crate's build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ferrokube-lb"));
@@ -87,6 +88,24 @@ pub enum LoadError {
         /// Why.
         #[source]
         source: nix::Error,
+    },
+    /// The Maglev settings are invalid.
+    #[error(transparent)]
+    Maglev(#[from] crate::maglev::MaglevError),
+    /// The pinned Maglev map was made for other settings (a `proxy reset` recreates it).
+    #[error(
+        "map {}: {found} entries pinned, {want} wanted for {tables} tables of {size}",
+        map_names::MAGLEV
+    )]
+    MaglevMapSize {
+        /// Entries of the pinned map.
+        found: u32,
+        /// Entries the settings need.
+        want: u32,
+        /// Tables asked for.
+        tables: u32,
+        /// Table size asked for.
+        size: u16,
     },
     /// Writing the node settings map failed.
     #[error("map {}: {source}", map_names::NODE)]
@@ -174,6 +193,30 @@ pub struct Config {
     pub snat: Snat,
     /// The XDP fast path on `interface` (ignored without one).
     pub xdp: XdpMode,
+    /// How external frontends pick backends for new flows unless their Service says
+    /// otherwise (`service.cilium.io/lb-algorithm`).
+    pub lb_algorithm: LbAlgorithm,
+    /// Maglev lookup tables (used when the maps are created; pinned maps keep theirs).
+    pub maglev: Maglev,
+}
+
+/// Maglev lookup-table settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Maglev {
+    /// Entries per table, `M`: a prime, at least ~100 times the largest backend count
+    /// for an imbalance within ~1 % (default 16381, like Cilium).
+    pub size: u16,
+    /// How many external frontends may use Maglev on this node.
+    pub tables: u32,
+}
+
+impl Default for Maglev {
+    fn default() -> Self {
+        Self {
+            size: maglev::DEFAULT_SIZE,
+            tables: maglev::DEFAULT_TABLES,
+        }
+    }
 }
 
 /// How the XDP NodePort fast path is attached to the external interface.
@@ -231,6 +274,8 @@ impl Config {
             node_ips: Vec::new(),
             snat: Snat::default(),
             xdp: XdpMode::Off,
+            lb_algorithm: LbAlgorithm::Random,
+            maglev: Maglev::default(),
         }
     }
 }
@@ -263,6 +308,12 @@ impl Dataplane {
     pub fn load(config: &Config) -> Result<(Self, KernelMaps), LoadError> {
         let pin_dir = bpffs::prepare(&config.bpffs, &config.node)?;
         let sizes = config.sizes;
+        crate::maglev::check_size(config.maglev.size)?;
+        let maglev_entries = config
+            .maglev
+            .tables
+            .saturating_add(1)
+            .saturating_mul(u32::from(config.maglev.size));
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin_dir)
             .map_max_entries(map_names::SERVICES, sizes.services)
@@ -274,12 +325,19 @@ impl Dataplane {
             .map_max_entries(map_names::CT, sizes.ct)
             .map_max_entries(map_names::SERVICE_STATS, sizes.services + 1)
             .map_max_entries(map_names::BACKEND_STATS, sizes.backends + 1)
+            .map_max_entries(map_names::MAGLEV, maglev_entries)
             .load(OBJECT)?;
+        check_maglev_map(&ebpf, maglev_entries, config.maglev)?;
         let node_ips = match (&config.interface, config.node_ips.is_empty()) {
             (Some(interface), true) => interface_ipv4s(interface)?,
             _ => config.node_ips.clone(),
         };
-        write_node_config(&mut ebpf, node_ips.first().copied(), config.snat)?;
+        write_node_config(
+            &mut ebpf,
+            node_ips.first().copied(),
+            config.snat,
+            config.maglev.size,
+        )?;
         let maps = KernelMaps::from_ebpf(&mut ebpf)?;
         let mut adopted_links = 0;
         let mut xdp = None;
@@ -468,6 +526,7 @@ impl XdpPass {
             map_names::CT,
             map_names::SERVICE_STATS,
             map_names::BACKEND_STATS,
+            map_names::MAGLEV,
         ] {
             loader.map_max_entries(map, 1);
         }
@@ -529,6 +588,23 @@ fn attach(
         path: link_path.into(),
         source,
     })?;
+    Ok(())
+}
+
+/// A pinned Maglev map keeps the size it was made with: it must fit the settings.
+fn check_maglev_map(ebpf: &Ebpf, want: u32, maglev: Maglev) -> Result<(), LoadError> {
+    let found = match ebpf.map(map_names::MAGLEV) {
+        Some(aya::maps::Map::Array(data)) => data.info().map(|i| i.max_entries()).unwrap_or(0),
+        _ => return Err(LoadError::Maps(MapsError::Missing(map_names::MAGLEV))),
+    };
+    if found != want {
+        return Err(LoadError::MaglevMapSize {
+            found,
+            want,
+            tables: maglev.tables,
+            size: maglev.size,
+        });
+    }
     Ok(())
 }
 
@@ -598,6 +674,7 @@ fn write_node_config(
     ebpf: &mut Ebpf,
     snat_addr: Option<Ipv4Addr>,
     snat: Snat,
+    maglev_size: u16,
 ) -> Result<(), LoadError> {
     let map = ebpf
         .map_mut(map_names::NODE)
@@ -609,6 +686,7 @@ fn write_node_config(
         snat_ports: snat.ports.min(u16::MAX - snat.port_min.saturating_sub(1)),
         closed_reuse_secs: snat.closed_reuse_secs,
         idle_reuse_secs: snat.idle_reuse_secs,
+        maglev_size,
         ..NodeConfig::default()
     };
     let value = match snat_addr.map(IpAddr::V4) {

@@ -1077,3 +1077,77 @@ fn xdp_restart_adopts_the_link_and_keeps_an_established_remote_flow_needs_root()
     );
     Ok(())
 }
+
+#[test]
+fn maglev_gives_each_flow_the_same_backend_on_both_nodes_and_across_restarts_needs_root()
+-> Result<()> {
+    let mut h = Harness::new(2, 2)?;
+    // A second agent, for node 2, on node 2's eth0.
+    let cgroup2 = TestCgroup::new(&unique_name("ferrokube-np2-"))?;
+    let node2 = unique_name("np-node2-");
+    let mut config2 = Config::new(node2.clone(), cgroup2.path());
+    config2.sizes = h.config.sizes;
+    config2.interface = Some(NodeLab::EXTERNAL_IF.into());
+    let pins2 = Pins {
+        bpffs: config2.bpffs.clone(),
+        node: node2.clone(),
+    };
+    let mut agent2 = start_in(&h.lab.node2, &config2)?;
+    let node1 = h.node.clone();
+    let (p1, p2) = (h.lab.pod1_addrs.clone(), h.lab.pod2_addrs.clone());
+    let mut yaml = service(
+        "maglev",
+        "ClusterIP",
+        "  externalIPs: [10.252.0.30]\n",
+        &[("http", "TCP", 80, 0)],
+        &[
+            (p1[0], &node1, "ready"),
+            (p1[1], &node1, "ready"),
+            (p2[0], &node2, "ready"),
+            (p2[1], &node2, "ready"),
+        ],
+    );
+    yaml = yaml.replacen(
+        "metadata: {name: maglev, namespace: default}",
+        "metadata: {name: maglev, namespace: default, annotations: {service.cilium.io/lb-algorithm: maglev}}",
+        1,
+    );
+    h.apply(&yaml)?;
+    agent2.apply(Input::Snapshot(source::parse_objects(&yaml, "test")?))?;
+    let vip = at(Ipv4Addr::new(10, 252, 0, 30), 80);
+    let ports: Vec<u16> = (0..24).map(|i| 41_000 + i * 7).collect();
+    let round = |h: &Harness| -> Result<Vec<Ipv4Addr>> {
+        ports
+            .iter()
+            .map(|port| Ok(tcp_from_port(h.outside(), *port, vip)?.backend))
+            .collect()
+    };
+    // Through node 1 (the lab routes 10.252.0.0/24 there).
+    let via_node1 = round(&h)?;
+    let distinct: std::collections::BTreeSet<_> = via_node1.iter().collect();
+    assert!(
+        distinct.len() >= 3,
+        "flows spread over the backends: {via_node1:?}"
+    );
+    // Each flow again: same backend (the hash, not chance).
+    assert_eq!(round(&h)?, via_node1, "same node, same flows");
+    // Through node 2: its own agent, its own backend ids, its own idea of which backends
+    // are local; the same table, so the same backend per flow.
+    h.lab
+        .outside
+        .ip(&["route", "replace", "10.252.0.0/24", "via", "10.251.0.3"])?;
+    assert_eq!(round(&h)?, via_node1, "node 2 agrees with node 1");
+    // Restart node 1's agent (adopting its maps) and go back through it.
+    h.lab
+        .outside
+        .ip(&["route", "replace", "10.252.0.0/24", "via", "10.251.0.2"])?;
+    h.agent = None;
+    h.agent = Some(start_in(&h.lab.node1, &h.config)?);
+    let stats = h.apply(&yaml)?;
+    assert_eq!(stats.total(), 0, "the table was adopted: {stats:?}");
+    assert_eq!(round(&h)?, via_node1, "after a restart");
+    drop(agent2);
+    drop(pins2);
+    drop(cgroup2);
+    Ok(())
+}
