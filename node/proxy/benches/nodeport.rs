@@ -101,6 +101,9 @@ fn cpu_seconds() -> Result<(f64, f64)> {
     Ok(((total - idle) as f64 / hz, softirq as f64 / hz))
 }
 
+/// Packets the XDP program sent itself, and packets of its flows it left to tc.
+type XdpHandled = (u64, u64);
+
 /// One mode's best round.
 #[derive(Clone, Copy, Debug, Default)]
 struct Round {
@@ -247,7 +250,7 @@ fn main() -> Result<()> {
     let cgroup = TestCgroup::new(&unique_name("ferrokube-bench-"))?;
     let node_port = SocketAddrV4::new(NodeLab::NODE1, NODE_PORT);
     let yaml = service_yaml(remote);
-    let mut results: Vec<(&str, Round, Option<(u64, u64)>)> = Vec::new();
+    let mut results: Vec<(&str, Round, Option<XdpHandled>)> = Vec::new();
     for (mode, xdp) in [("tc", XdpMode::Off), ("xdp", XdpMode::Native)] {
         if !wanted(mode) {
             continue;
