@@ -23,6 +23,8 @@ pub mod xdp {
     pub const REVERSE: u32 = 1;
     /// Packets of such flows passed to tc instead (next hop unresolved, TTL, ...).
     pub const FALLBACK: u32 = 2;
+    /// New flows (to remote backends) picked and recorded by the XDP program.
+    pub const NEW: u32 = 3;
     /// Number of counters.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 4;
 }

@@ -52,16 +52,16 @@ const IP_DST_OFF: usize = IP_OFF + 16;
 const SNAT_TRIES: u32 = 16;
 
 /// An IPv4 TCP or UDP packet's addresses and ports, as raw network-order values.
-struct Packet {
-    saddr: u32,
-    daddr: u32,
-    sport: u16,
-    dport: u16,
-    proto: u8,
+pub(crate) struct Packet {
+    pub(crate) saddr: u32,
+    pub(crate) daddr: u32,
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
+    pub(crate) proto: u8,
     /// Offset of the L4 header.
-    l4: usize,
+    pub(crate) l4: usize,
     /// Offset of the L4 checksum.
-    l4_csum: usize,
+    pub(crate) l4_csum: usize,
 }
 
 impl Packet {
@@ -102,7 +102,7 @@ impl Packet {
         })
     }
 
-    fn key(&self, kind: u8) -> CtKey {
+    pub(crate) fn key(&self, kind: u8) -> CtKey {
         CtKey {
             saddr: [self.saddr, 0, 0, 0],
             daddr: [self.daddr, 0, 0, 0],
@@ -266,15 +266,45 @@ fn ingress(ctx: &mut TcContext, packet: &Packet) -> i32 {
         count(&SERVICE_STATS, service.service_id, false);
         return TC_ACT_UNSPEC;
     }
-    let Some((backend_id, slot)) = pick_backend(packet, &service) else {
+    match new_flow(packet, &service, false) {
+        NewFlow::Translated(baddr, bport) => verdict(packet.rewrite(ctx, false, baddr, bport)),
+        NewFlow::Local | NewFlow::Failed => TC_ACT_UNSPEC,
+    }
+}
+
+/// What [`new_flow`] did.
+pub(crate) enum NewFlow {
+    /// Recorded, to this backend address and port (network order).
+    Translated(u32, u16),
+    /// The pick is a node-local backend and the caller wanted remote ones only: nothing
+    /// recorded or counted.
+    Local,
+    /// No backend, no SNAT port, or a full map: the packet goes on untranslated (counted
+    /// as refused, except for a failed map write).
+    Failed,
+}
+
+/// A new flow to an external frontend with backends: picks the backend and records the
+/// flow (the SNAT of a remote backend, the `REPLY` and `FORWARD` entries, the counters).
+/// Shared by tc and the XDP fast path (`only_remote`: XDP leaves local backends to tc).
+/// Inlined into each program: a BPF subprogram shared by two programs of different types
+/// does not load here.
+#[inline(always)]
+pub(crate) fn new_flow(packet: &Packet, service: &ServiceValue, only_remote: bool) -> NewFlow {
+    let forward = packet.key(CT_FORWARD);
+    let Some((backend_id, slot)) = pick_backend(packet, service) else {
         count(&SERVICE_STATS, service.service_id, false);
-        return TC_ACT_UNSPEC;
+        return NewFlow::Failed;
     };
     // SAFETY: copied at once.
     let Some(backend) = unsafe { BACKENDS.get(&backend_id) }.copied() else {
         count(&SERVICE_STATS, service.service_id, false);
-        return TC_ACT_UNSPEC;
+        return NewFlow::Failed;
     };
+    let local = backend.flags & BACKEND_LOCAL != 0;
+    if local && only_remote {
+        return NewFlow::Local;
+    }
     let (baddr, bport) = (backend.addr[0], backend.port);
     let reply = CtKey {
         saddr: [baddr, 0, 0, 0],
@@ -284,9 +314,9 @@ fn ingress(ctx: &mut TcContext, packet: &Packet) -> i32 {
         kind: CT_REPLY,
         ..forward
     };
-    if backend.flags & BACKEND_LOCAL == 0 && snat(packet, &service, baddr, bport).is_err() {
+    if !local && snat(packet, service, baddr, bport).is_err() {
         count(&SERVICE_STATS, service.service_id, false);
-        return TC_ACT_UNSPEC;
+        return NewFlow::Failed;
     }
     let to_backend = CtValue {
         addr: [baddr, 0, 0, 0],
@@ -307,17 +337,18 @@ fn ingress(ctx: &mut TcContext, packet: &Packet) -> i32 {
     };
     // A full LRU evicts the oldest flows; an error here fails this packet only.
     if CT.insert(&reply, &to_frontend, 0).is_err() || CT.insert(&forward, &to_backend, 0).is_err() {
-        return TC_ACT_UNSPEC;
+        return NewFlow::Failed;
     }
     count(&SERVICE_STATS, service.service_id, true);
     count(&BACKEND_STATS, backend_id, true);
-    verdict(packet.rewrite(ctx, false, baddr, bport))
+    NewFlow::Translated(baddr, bport)
 }
 
 /// Records the SNAT of a new flow to a remote backend: a free node port for
 /// (backend, node address), and the entries for egress and the reply. A port is free
 /// when no flow holds it, or when its flow closed (or, UDP, went quiet) longer than
 /// `closed_reuse_secs` ago, or sent nothing for `idle_reuse_secs`.
+#[inline(always)]
 fn snat(packet: &Packet, service: &ServiceValue, baddr: u32, bport: u16) -> Result<(), ()> {
     let node: NodeConfig = NODE.get(0).copied().ok_or(())?;
     if node.family != FAMILY_V4 || node.snat_ports == 0 {
@@ -408,6 +439,7 @@ fn touch(owner: &CtKey, closes: bool) {
 
 /// The backend id in a frontend's slot: a random-slot frontend's `FK_SLOTS` entry
 /// (slots `0..count`), or a Maglev frontend's lookup-table entry (slots `0..M`).
+#[inline(always)]
 fn slot_backend(service: &ServiceValue, slot: u32) -> Option<u32> {
     if service.flags & SERVICE_MAGLEV != 0 {
         let size = u32::from(NODE.get(0)?.maglev_size);
@@ -434,6 +466,7 @@ fn slot_backend(service: &ServiceValue, slot: u32) -> Option<u32> {
 /// (of the 5-tuple, or of the client address under session affinity) points at, the same
 /// on every node. Otherwise: the client's previous one while affinity holds, else a
 /// random slot's.
+#[inline(always)]
 fn pick_backend(packet: &Packet, service: &ServiceValue) -> Option<(u32, u32)> {
     if service.flags & SERVICE_MAGLEV != 0 {
         let size = u32::from(NODE.get(0)?.maglev_size);

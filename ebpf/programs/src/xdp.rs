@@ -1,9 +1,11 @@
 //! The NodePort fast path in XDP on the node's external interface, for flows whose backend
 //! is on another node (IPv4, TCP and UDP, IP headers without options).
 //!
-//! It shares the tc path's conntrack (`FK_CT`): tc (`nodeport`) creates a flow's entries
-//! on its first packet (a TCP SYN, a UDP flow's first datagram: backend choice, SNAT port),
-//! and from then on this program handles the flow before an skb exists:
+//! It shares the tc path's conntrack (`FK_CT`) and its code for new flows
+//! (`nodeport::new_flow`: backend choice, affinity or Maglev, SNAT port claim, entries,
+//! counters): a new flow (a TCP SYN or a UDP datagram with no entry yet) whose pick is a
+//! remote backend is recorded here exactly as tc would record it, and then handled like
+//! an established one:
 //! - forward (client `C:c` -> frontend `F:f`, a [`CT_FORWARD`] entry to a remote backend
 //!   `B:b` with its [`CT_SNAT_OUT`] entry `N:n`): destination to `B:b`, source to `N:n`;
 //! - reverse (backend `B:b` -> node `N:n`, a [`CT_SNAT_IN`] entry naming `C:c`, and the
@@ -12,9 +14,11 @@
 //! then the TTL goes down by one, the next hop's MAC comes from the FIB
 //! (`bpf_fib_lookup`, which also resolves the neighbour) and the packet leaves by
 //! `XDP_TX` when the FIB says it leaves by the interface it came in on. Anything else
-//! (not ours, a SYN, a local backend, a neighbour not yet resolved, TTL expiring, another
-//! egress interface) gets `XDP_PASS` and falls to tc and the stack, which handle it as
-//! before: a flow is translated the same way whichever program sees a packet of it.
+//! (not ours, a SYN on a tuple that has a flow, a local backend, no backend, a neighbour
+//! not yet resolved, TTL expiring, another egress interface) gets `XDP_PASS` and falls to
+//! tc and the stack, which handle it as before: a flow is translated the same way
+//! whichever program sees a packet of it (a new flow recorded here whose packet is then
+//! passed finds its entries in tc).
 
 use core::mem::size_of;
 
@@ -31,6 +35,7 @@ use ferrokube_ebpf_common::{
 };
 
 use crate::maps::{BACKENDS, CT, SERVICES, XDP_STATS};
+use crate::nodeport::{NewFlow, Packet, new_flow};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -118,15 +123,39 @@ fn try_fk_xdp(ctx: &XdpContext) -> Option<u32> {
         return verdict;
     }
 
-    // Forward: an established flow from a client to a frontend whose backend is remote.
+    // Forward: a flow from a client to a frontend whose backend is remote.
     // SAFETY: copied at once; the user side replaces values, never edits them in place.
     let service = unsafe { SERVICES.get(&ServiceKey::v4(daddr, dport, proto)) }.copied()?;
-    if service.flags & SERVICE_EXTERNAL == 0 || flags & 0x02 != 0 {
-        // Not a frontend, or a SYN: tc decides about new connections.
+    if service.flags & SERVICE_EXTERNAL == 0 {
         return None;
     }
+    let syn = flags & 0x02 != 0;
     // SAFETY: copied at once.
-    let entry = unsafe { CT.get(&key(saddr, daddr, sport, dport, CT_FORWARD)) }.copied()?;
+    let entry = match unsafe { CT.get(&key(saddr, daddr, sport, dport, CT_FORWARD)) }.copied() {
+        // A SYN on a tuple with a flow: whether it is the same connection is tc's call.
+        Some(_) if syn => return None,
+        Some(entry) => entry,
+        // A new flow (a SYN, a UDP datagram): pick and record it here, as tc would;
+        // no backend (tc refuses), a local pick and failures are tc's.
+        None if (flags & 0x12 == 0x02 || proto == PROTO_UDP) && service.count > 0 => {
+            let packet = Packet {
+                saddr,
+                daddr,
+                sport,
+                dport,
+                proto,
+                l4: L4,
+                l4_csum: csum_off,
+            };
+            match new_flow(&packet, &service, true) {
+                NewFlow::Translated(..) => bump(counter::NEW),
+                NewFlow::Local | NewFlow::Failed => return None,
+            }
+            // SAFETY: copied at once.
+            unsafe { CT.get(&key(saddr, daddr, sport, dport, CT_FORWARD)) }.copied()?
+        }
+        None => return None,
+    };
     let (baddr, bport) = (entry.addr[0], entry.port);
     // SAFETY: copied at once.
     let backend = unsafe { BACKENDS.get(&entry.backend_id) }.copied()?;

@@ -156,8 +156,8 @@ pub fn render(reports: &[NodeReport]) -> String {
         if let Some(x) = &node.xdp {
             let _ = writeln!(
                 out,
-                "  xdp fast path: attached  forward {}  reverse {}  fallback {}",
-                x.forward, x.reverse, x.fallback
+                "  xdp fast path: attached  new flows {}  forward {}  reverse {}  fallback {}",
+                x.new_flows, x.forward, x.reverse, x.fallback
             );
         }
         for f in &node.frontends {

@@ -543,6 +543,8 @@ pub struct XdpCounters {
     pub reverse: u64,
     /// Packets of flows to remote backends left to tc.
     pub fallback: u64,
+    /// New flows to remote backends picked and recorded by XDP.
+    pub new_flows: u64,
 }
 
 /// Reads the XDP counters pinned in `pin_dir`.
@@ -561,6 +563,7 @@ pub fn xdp_counters(pin_dir: &Path) -> Result<XdpCounters, MapsError> {
         forward: sum(xdp::FORWARD)?,
         reverse: sum(xdp::REVERSE)?,
         fallback: sum(xdp::FALLBACK)?,
+        new_flows: sum(xdp::NEW)?,
     })
 }
 

@@ -940,9 +940,8 @@ fn xdp_fast_path_forwards_remote_tcp_and_udp_and_leaves_local_to_tc_needs_root()
         h.list()?
     );
 
-    // TCP to the remote backend: the SYN goes through tc (which picks the backend and
-    // the SNAT port); the rest of the handshake, the request, the reply and the close
-    // go through XDP both ways.
+    // TCP to the remote backend: XDP picks the backend and the SNAT port on the SYN (with
+    // tc's code and maps) and handles the whole connection both ways.
     let before = h.xdp()?;
     for _ in 0..5 {
         let echo = tcp(h.outside(), at(NODE1, 30181))?;
@@ -951,14 +950,22 @@ fn xdp_fast_path_forwards_remote_tcp_and_udp_and_leaves_local_to_tc_needs_root()
         assert!(echo.peer.port() >= 61_000, "SNAT port range: {echo:?}");
     }
     let tcp_done = h.xdp()?;
-    // Per connection at least: the ACK, the request and a FIN forward; the SYN-ACK, the
-    // reply and a FIN back.
+    // Per connection at least: the SYN, the ACK, the request and a FIN forward; the
+    // SYN-ACK, the reply and a FIN back.
     assert!(
-        tcp_done.forward >= before.forward + 5 * 3 && tcp_done.reverse >= before.reverse + 5 * 3,
+        tcp_done.forward >= before.forward + 5 * 4 && tcp_done.reverse >= before.reverse + 5 * 3,
         "XDP handled the TCP flows: {before:?} -> {tcp_done:?}"
     );
+    assert_eq!(tcp_done.new_flows, before.new_flows + 5, "{tcp_done:?}");
+    // Translations are counted alike, whichever program made them.
+    let listed = h.list()?;
+    let line = listed
+        .lines()
+        .find(|l| l.contains("10.251.0.2:30181/TCP"))
+        .context("frontend listed")?;
+    assert!(line.contains("translated 5 "), "{listed}");
 
-    // UDP: the flow's first datagram through tc, the other 7 and all 8 replies in XDP.
+    // UDP: one flow of 8 datagrams and their replies, all in XDP.
     let echoes = udp_flow(h.outside(), at(NODE1, 30153), 8)?;
     assert!(
         echoes
@@ -968,9 +975,10 @@ fn xdp_fast_path_forwards_remote_tcp_and_udp_and_leaves_local_to_tc_needs_root()
     );
     let udp_done = h.xdp()?;
     assert!(
-        udp_done.forward >= tcp_done.forward + 7 && udp_done.reverse >= tcp_done.reverse + 8,
+        udp_done.forward >= tcp_done.forward + 8 && udp_done.reverse >= tcp_done.reverse + 8,
         "XDP handled the UDP flow: {tcp_done:?} -> {udp_done:?}"
     );
+    assert_eq!(udp_done.new_flows, tcp_done.new_flows + 1, "{udp_done:?}");
 
     // A local backend is tc's: XDP passes it untouched, the client address is kept.
     for _ in 0..3 {
@@ -982,8 +990,8 @@ fn xdp_fast_path_forwards_remote_tcp_and_udp_and_leaves_local_to_tc_needs_root()
     }
     let local_done = h.xdp()?;
     assert_eq!(
-        (local_done.forward, local_done.reverse),
-        (udp_done.forward, udp_done.reverse),
+        (local_done.forward, local_done.reverse, local_done.new_flows),
+        (udp_done.forward, udp_done.reverse, udp_done.new_flows),
         "local flows are not XDP's"
     );
 
