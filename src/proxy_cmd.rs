@@ -41,6 +41,22 @@ enum ProxyCommand {
         #[arg(long, default_value = bpffs::DEFAULT_BPFFS)]
         bpffs: PathBuf,
     },
+    /// Print translations as they happen (one line per connection translated by the socket
+    /// LB and per new flow recorded by tc or XDP), from the node's pinned ring buffer.
+    Events {
+        /// The node.
+        #[arg(long)]
+        node: String,
+        /// bpffs mount point.
+        #[arg(long, default_value = bpffs::DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Stop after this long (default: until interrupted).
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+    },
     /// Remove a node's pinned programs and maps (detaches the cgroup and tc programs).
     Reset {
         /// The node.
@@ -120,6 +136,12 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
             print!("{}", list::render(&reports));
             Ok(())
         }
+        Some(ProxyCommand::Events {
+            node,
+            bpffs,
+            count,
+            duration,
+        }) => events(&node, &bpffs, count, duration),
         Some(ProxyCommand::Reset { node, bpffs }) => {
             if bpffs::remove(&bpffs, &node)? {
                 println!("removed the pins of node {node}");
@@ -129,6 +151,34 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
             Ok(())
         }
         None => serve(args.run).await,
+    }
+}
+
+fn events(
+    node: &str,
+    bpffs: &std::path::Path,
+    count: Option<usize>,
+    duration: Option<Duration>,
+) -> Result<()> {
+    use std::io::Write as _;
+    let dir = bpffs::pin_dir(bpffs, node)?;
+    let mut reader = ferrokube_proxy::events::EventReader::open(&dir)?;
+    let start = std::time::Instant::now();
+    let mut seen = 0usize;
+    let mut stdout = std::io::stdout();
+    loop {
+        for event in reader.drain() {
+            writeln!(stdout, "{}", ferrokube_proxy::events::render(&event))?;
+            seen += 1;
+            if count.is_some_and(|c| seen >= c) {
+                return Ok(());
+            }
+        }
+        stdout.flush()?;
+        if duration.is_some_and(|d| start.elapsed() >= d) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -16,6 +16,7 @@
 pub mod affinity;
 pub mod backend;
 pub mod ct;
+pub mod event;
 pub mod maglev;
 pub mod node;
 pub mod revnat;
@@ -25,6 +26,7 @@ pub mod stats;
 pub use affinity::{AffinityKey, AffinityValue, ClientAffinityKey};
 pub use backend::{BACKEND_LOCAL, Backend, SlotKey};
 pub use ct::{CtKey, CtValue};
+pub use event::Event;
 pub use node::NodeConfig;
 pub use revnat::{RevNatKey, RevNatValue};
 pub use service::{SERVICE_EXTERNAL, SERVICE_MAGLEV, ServiceKey, ServiceValue};
@@ -67,6 +69,8 @@ pub mod map_names {
     /// Maglev lookup tables: an array of backend ids (`u32`), `M` per table (see
     /// [`crate::maglev`]).
     pub const MAGLEV: &str = "FK_MAGLEV";
+    /// Translation events: a ring buffer of [`crate::Event`].
+    pub const EVENTS: &str = "FK_EVENTS";
 }
 
 /// Names of the programs in the object file.

@@ -26,14 +26,16 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ferrokube_ebpf_common::{
-    AffinityValue, BACKEND_LOCAL, ClientAffinityKey, CtKey, CtValue, FAMILY_V4, NodeConfig,
+    AffinityValue, BACKEND_LOCAL, ClientAffinityKey, CtKey, CtValue, Event, FAMILY_V4, NodeConfig,
     PROTO_TCP, PROTO_UDP, SERVICE_EXTERNAL, SERVICE_MAGLEV, ServiceKey, ServiceValue, SlotKey,
     ct::{CT_CLOSING, CT_FORWARD, CT_REPLY, CT_SNAT_IN, CT_SNAT_OUT},
+    event::{SOURCE_TC, SOURCE_XDP},
     maglev,
 };
 
 use crate::maps::{
     BACKEND_STATS, BACKENDS, CLIENT_AFFINITY, CT, MAGLEV, NODE, SERVICE_STATS, SERVICES, SLOTS,
+    emit,
 };
 use crate::sock::count;
 
@@ -341,6 +343,20 @@ pub(crate) fn new_flow(packet: &Packet, service: &ServiceValue, only_remote: boo
     }
     count(&SERVICE_STATS, service.service_id, true);
     count(&BACKEND_STATS, backend_id, true);
+    emit(&Event {
+        // SAFETY: helper without arguments.
+        time_ns: unsafe { bpf_ktime_get_ns() },
+        client: [packet.saddr, 0, 0, 0],
+        frontend: [packet.daddr, 0, 0, 0],
+        backend: [baddr, 0, 0, 0],
+        client_port: packet.sport,
+        frontend_port: packet.dport,
+        backend_port: bport,
+        proto: packet.proto,
+        source: if only_remote { SOURCE_XDP } else { SOURCE_TC },
+        service_id: service.service_id,
+        backend_id,
+    });
     NewFlow::Translated(baddr, bport)
 }
 

@@ -12,10 +12,12 @@
 //! - [`source`]: inputs (a YAML file, or the apiserver through kube-rs);
 //! - [`sockets`]: destroying the sockets sent to backends that are gone;
 //! - [`agent`]: all of the above, driven by a stream;
+//! - [`events`]: the translation event stream;
 //! - [`list`]: what `ferrokube proxy list` prints.
 
 pub mod agent;
 pub mod bpffs;
+pub mod events;
 pub mod list;
 pub mod loader;
 pub mod maglev;

@@ -1159,3 +1159,71 @@ fn maglev_gives_each_flow_the_same_backend_on_both_nodes_and_across_restarts_nee
     drop(cgroup2);
     Ok(())
 }
+
+#[test]
+fn events_report_each_new_flow_with_the_program_that_translated_it_needs_root() -> Result<()> {
+    use ferrokube_ebpf_common::event::{SOURCE_TC, SOURCE_XDP};
+    use ferrokube_proxy::events::{EventReader, render};
+
+    let mut h = Harness::with_xdp(1, 1, XdpMode::Native)?;
+    let node = h.node.clone();
+    let (local, remote) = (h.lab.pod1_addrs[0], h.lab.pod2_addrs[0]);
+    let mut yaml = service(
+        "evremote",
+        "NodePort",
+        "",
+        &[("http", "TCP", 80, 30191)],
+        &[(remote, "other-node", "ready")],
+    );
+    yaml.push_str("---\n");
+    yaml.push_str(&service(
+        "evlocal",
+        "NodePort",
+        "",
+        &[("dns", "UDP", 53, 30192)],
+        &[(local, &node, "ready")],
+    ));
+    h.apply(&yaml)?;
+    let dir = bpffs::pin_dir(&h.pins.bpffs, &node)?;
+    let mut reader = EventReader::open(&dir)?;
+    reader.drain();
+    let echo = tcp(h.outside(), at(NODE1, 30191))?;
+    assert_eq!(echo.backend, remote);
+    let echo = udp(h.outside(), at(NODE1, 30192))?;
+    assert_eq!(echo.backend, local);
+    let mut events = Vec::new();
+    ferrokube_testkit::wait_for("both events", Duration::from_secs(5), || {
+        events.extend(reader.drain());
+        Ok((events.len() >= 2).then_some(()))
+    })?;
+    let lines: Vec<String> = events.iter().map(render).collect();
+    let client = u32::from_ne_bytes(NodeLab::CLIENT.octets());
+    let xdp = events
+        .iter()
+        .find(|e| e.source == SOURCE_XDP)
+        .with_context(|| format!("no XDP event: {lines:?}"))?;
+    assert_eq!(
+        xdp.backend[0],
+        u32::from_ne_bytes(remote.octets()),
+        "{lines:?}"
+    );
+    assert_eq!(xdp.client[0], client);
+    assert_eq!(u16::from_be(xdp.frontend_port), 30191);
+    let tc = events
+        .iter()
+        .find(|e| e.source == SOURCE_TC)
+        .with_context(|| format!("no tc event: {lines:?}"))?;
+    assert_eq!(
+        tc.backend[0],
+        u32::from_ne_bytes(local.octets()),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(" xdp ") && l.contains("10.251.0.1:")),
+        "{lines:?}"
+    );
+    assert_eq!(events.len(), 2, "one event per new flow: {lines:?}");
+    Ok(())
+}
