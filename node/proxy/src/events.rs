@@ -55,15 +55,73 @@ impl EventReader {
     pub fn drain(&mut self) -> Vec<Event> {
         let mut out = Vec::new();
         while let Some(item) = self.ring.next() {
-            if item.len() >= size_of::<Event>() {
-                // SAFETY: the programs write whole `Event`s (plain integers, any bit
-                // pattern valid); read unaligned from the ring's bytes.
-                #[allow(unsafe_code)]
-                let event = unsafe { item.as_ptr().cast::<Event>().read_unaligned() };
+            if let Some(event) = parse(&item) {
                 out.push(event);
             }
         }
         out
+    }
+}
+
+/// An [`Event`] from the bytes the programs wrote (its `#[repr(C)]` layout, native byte
+/// order); `None` when too short.
+pub fn parse(bytes: &[u8]) -> Option<Event> {
+    let u64_at = |o: usize| Some(u64::from_ne_bytes(bytes.get(o..o + 8)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_ne_bytes(bytes.get(o..o + 4)?.try_into().ok()?));
+    let u16_at = |o: usize| Some(u16::from_ne_bytes(bytes.get(o..o + 2)?.try_into().ok()?));
+    let addr_at = |o: usize| -> Option<[u32; 4]> {
+        Some([u32_at(o)?, u32_at(o + 4)?, u32_at(o + 8)?, u32_at(o + 12)?])
+    };
+    Some(Event {
+        time_ns: u64_at(0)?,
+        client: addr_at(8)?,
+        frontend: addr_at(24)?,
+        backend: addr_at(40)?,
+        client_port: u16_at(56)?,
+        frontend_port: u16_at(58)?,
+        backend_port: u16_at(60)?,
+        proto: *bytes.get(62)?,
+        source: *bytes.get(63)?,
+        service_id: u32_at(64)?,
+        backend_id: u32_at(68)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_repr_c_layout() {
+        let event = Event {
+            time_ns: 0x0102_0304_0506_0708,
+            client: [1, 0, 0, 0],
+            frontend: [2, 0, 0, 0],
+            backend: [3, 0, 0, 0],
+            client_port: 4,
+            frontend_port: 5,
+            backend_port: 6,
+            proto: 17,
+            source: SOURCE_XDP,
+            service_id: 7,
+            backend_id: 8,
+        };
+        let mut bytes = Vec::new();
+        bytes.extend(event.time_ns.to_ne_bytes());
+        for a in [event.client, event.frontend, event.backend] {
+            for w in a {
+                bytes.extend(w.to_ne_bytes());
+            }
+        }
+        for p in [event.client_port, event.frontend_port, event.backend_port] {
+            bytes.extend(p.to_ne_bytes());
+        }
+        bytes.extend([event.proto, event.source]);
+        bytes.extend(event.service_id.to_ne_bytes());
+        bytes.extend(event.backend_id.to_ne_bytes());
+        assert_eq!(bytes.len(), size_of::<Event>());
+        assert_eq!(parse(&bytes), Some(event));
+        assert_eq!(parse(&bytes[..71]), None);
     }
 }
 
