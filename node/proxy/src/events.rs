@@ -87,44 +87,6 @@ pub fn parse(bytes: &[u8]) -> Option<Event> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_the_repr_c_layout() {
-        let event = Event {
-            time_ns: 0x0102_0304_0506_0708,
-            client: [1, 0, 0, 0],
-            frontend: [2, 0, 0, 0],
-            backend: [3, 0, 0, 0],
-            client_port: 4,
-            frontend_port: 5,
-            backend_port: 6,
-            proto: 17,
-            source: SOURCE_XDP,
-            service_id: 7,
-            backend_id: 8,
-        };
-        let mut bytes = Vec::new();
-        bytes.extend(event.time_ns.to_ne_bytes());
-        for a in [event.client, event.frontend, event.backend] {
-            for w in a {
-                bytes.extend(w.to_ne_bytes());
-            }
-        }
-        for p in [event.client_port, event.frontend_port, event.backend_port] {
-            bytes.extend(p.to_ne_bytes());
-        }
-        bytes.extend([event.proto, event.source]);
-        bytes.extend(event.service_id.to_ne_bytes());
-        bytes.extend(event.backend_id.to_ne_bytes());
-        assert_eq!(bytes.len(), size_of::<Event>());
-        assert_eq!(parse(&bytes), Some(event));
-        assert_eq!(parse(&bytes[..71]), None);
-    }
-}
-
 fn v4(words: [u32; 4]) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(words[0].to_ne_bytes()))
 }
@@ -163,4 +125,42 @@ pub fn render(event: &Event) -> String {
         event.service_id,
         event.backend_id,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_repr_c_layout() {
+        let event = Event {
+            time_ns: 0x0102_0304_0506_0708,
+            client: [1, 0, 0, 0],
+            frontend: [2, 0, 0, 0],
+            backend: [3, 0, 0, 0],
+            client_port: 4,
+            frontend_port: 5,
+            backend_port: 6,
+            proto: 17,
+            source: SOURCE_XDP,
+            service_id: 7,
+            backend_id: 8,
+        };
+        let mut bytes = Vec::new();
+        bytes.extend(event.time_ns.to_ne_bytes());
+        for a in [event.client, event.frontend, event.backend] {
+            for w in a {
+                bytes.extend(w.to_ne_bytes());
+            }
+        }
+        for p in [event.client_port, event.frontend_port, event.backend_port] {
+            bytes.extend(p.to_ne_bytes());
+        }
+        bytes.extend([event.proto, event.source]);
+        bytes.extend(event.service_id.to_ne_bytes());
+        bytes.extend(event.backend_id.to_ne_bytes());
+        assert_eq!(bytes.len(), size_of::<Event>());
+        assert_eq!(parse(&bytes), Some(event));
+        assert_eq!(parse(&bytes[..71]), None);
+    }
 }
