@@ -29,7 +29,7 @@ use ferrokube_ebpf_common::{
     AffinityValue, BACKEND_LOCAL, ClientAffinityKey, CtKey, CtValue, Event, FAMILY_V4, NodeConfig,
     PROTO_TCP, PROTO_UDP, SERVICE_EXTERNAL, SERVICE_MAGLEV, ServiceKey, ServiceValue, SlotKey,
     ct::{CT_CLOSING, CT_FORWARD, CT_REPLY, CT_SNAT_IN, CT_SNAT_OUT},
-    event::{SOURCE_TC, SOURCE_XDP},
+    event::SOURCE_TC,
     maglev,
 };
 
@@ -268,19 +268,17 @@ fn ingress(ctx: &mut TcContext, packet: &Packet) -> i32 {
         count(&SERVICE_STATS, service.service_id, false);
         return TC_ACT_UNSPEC;
     }
-    match new_flow(packet, &service, false) {
-        NewFlow::Translated(baddr, bport) => verdict(packet.rewrite(ctx, false, baddr, bport)),
-        NewFlow::Local | NewFlow::Failed => TC_ACT_UNSPEC,
+    match new_flow(packet, &service, SOURCE_TC) {
+        NewFlow::Translated(baddr, bport, _) => verdict(packet.rewrite(ctx, false, baddr, bport)),
+        NewFlow::Failed => TC_ACT_UNSPEC,
     }
 }
 
 /// What [`new_flow`] did.
 pub(crate) enum NewFlow {
-    /// Recorded, to this backend address and port (network order).
-    Translated(u32, u16),
-    /// The pick is a node-local backend and the caller wanted remote ones only: nothing
-    /// recorded or counted.
-    Local,
+    /// Recorded, to this backend address and port (network order); whether the backend
+    /// is local to this node.
+    Translated(u32, u16, bool),
     /// No backend, no SNAT port, or a full map: the packet goes on untranslated (counted
     /// as refused, except for a failed map write).
     Failed,
@@ -288,11 +286,13 @@ pub(crate) enum NewFlow {
 
 /// A new flow to an external frontend with backends: picks the backend and records the
 /// flow (the SNAT of a remote backend, the `REPLY` and `FORWARD` entries, the counters).
-/// Shared by tc and the XDP fast path (`only_remote`: XDP leaves local backends to tc).
+/// Shared by tc and the XDP fast path (`source`: which, for the event). XDP records local
+/// picks too (and passes the packet, which tc then DNATs by the entry), so the choice is
+/// made once, with the configured distribution, whichever program sees the flow first.
 /// Inlined into each program: a BPF subprogram shared by two programs of different types
 /// does not load here.
 #[inline(always)]
-pub(crate) fn new_flow(packet: &Packet, service: &ServiceValue, only_remote: bool) -> NewFlow {
+pub(crate) fn new_flow(packet: &Packet, service: &ServiceValue, source: u8) -> NewFlow {
     let forward = packet.key(CT_FORWARD);
     let Some((backend_id, slot)) = pick_backend(packet, service) else {
         count(&SERVICE_STATS, service.service_id, false);
@@ -304,9 +304,6 @@ pub(crate) fn new_flow(packet: &Packet, service: &ServiceValue, only_remote: boo
         return NewFlow::Failed;
     };
     let local = backend.flags & BACKEND_LOCAL != 0;
-    if local && only_remote {
-        return NewFlow::Local;
-    }
     let (baddr, bport) = (backend.addr[0], backend.port);
     let reply = CtKey {
         saddr: [baddr, 0, 0, 0],
@@ -353,11 +350,11 @@ pub(crate) fn new_flow(packet: &Packet, service: &ServiceValue, only_remote: boo
         frontend_port: packet.dport,
         backend_port: bport,
         proto: packet.proto,
-        source: if only_remote { SOURCE_XDP } else { SOURCE_TC },
+        source,
         service_id: service.service_id,
         backend_id,
     });
-    NewFlow::Translated(baddr, bport)
+    NewFlow::Translated(baddr, bport, local)
 }
 
 /// Records the SNAT of a new flow to a remote backend: a free node port for

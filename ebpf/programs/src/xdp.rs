@@ -3,9 +3,9 @@
 //!
 //! It shares the tc path's conntrack (`FK_CT`) and its code for new flows
 //! (`nodeport::new_flow`: backend choice, affinity or Maglev, SNAT port claim, entries,
-//! counters): a new flow (a TCP SYN or a UDP datagram with no entry yet) whose pick is a
-//! remote backend is recorded here exactly as tc would record it, and then handled like
-//! an established one:
+//! counters): a new flow (a TCP SYN or a UDP datagram with no entry yet) is picked and
+//! recorded here exactly as tc would (a local pick is then passed: tc DNATs it by its
+//! entry), and a flow to a remote backend is then handled like an established one:
 //! - forward (client `C:c` -> frontend `F:f`, a [`CT_FORWARD`] entry to a remote backend
 //!   `B:b` with its [`CT_SNAT_OUT`] entry `N:n`): destination to `B:b`, source to `N:n`;
 //! - reverse (backend `B:b` -> node `N:n`, a [`CT_SNAT_IN`] entry naming `C:c`, and the
@@ -31,6 +31,7 @@ use aya_ebpf::{
 use ferrokube_ebpf_common::{
     BACKEND_LOCAL, CtKey, FAMILY_V4, PROTO_TCP, PROTO_UDP, SERVICE_EXTERNAL, ServiceKey,
     ct::{CT_CLOSING, CT_FORWARD, CT_REPLY, CT_SNAT_IN, CT_SNAT_OUT},
+    event::SOURCE_XDP,
     stats::xdp as counter,
 };
 
@@ -135,8 +136,9 @@ fn try_fk_xdp(ctx: &XdpContext) -> Option<u32> {
         // A SYN on a tuple with a flow: whether it is the same connection is tc's call.
         Some(_) if syn => return None,
         Some(entry) => entry,
-        // A new flow (a SYN, a UDP datagram): pick and record it here, as tc would;
-        // no backend (tc refuses), a local pick and failures are tc's.
+        // A new flow (a SYN, a UDP datagram): pick and record it here, as tc would; a
+        // local pick is recorded and passed (tc DNATs it by the entry), no backend (tc
+        // refuses) and failures are tc's.
         None if (flags & 0x12 == 0x02 || proto == PROTO_UDP) && service.count > 0 => {
             let packet = Packet {
                 saddr,
@@ -147,9 +149,10 @@ fn try_fk_xdp(ctx: &XdpContext) -> Option<u32> {
                 l4: L4,
                 l4_csum: csum_off,
             };
-            match new_flow(&packet, &service, true) {
-                NewFlow::Translated(..) => bump(counter::NEW),
-                NewFlow::Local | NewFlow::Failed => return None,
+            match new_flow(&packet, &service, SOURCE_XDP) {
+                NewFlow::Translated(_, _, false) => bump(counter::NEW),
+                // Recorded; tc DNATs it by the entry.
+                NewFlow::Translated(_, _, true) | NewFlow::Failed => return None,
             }
             // SAFETY: copied at once.
             unsafe { CT.get(&key(saddr, daddr, sport, dport, CT_FORWARD)) }.copied()?
