@@ -41,6 +41,22 @@ enum ProxyCommand {
         #[arg(long, default_value = bpffs::DEFAULT_BPFFS)]
         bpffs: PathBuf,
     },
+    /// Print translations as they happen (one line per connection translated by the socket
+    /// LB and per new flow recorded by tc or XDP), from the node's pinned ring buffer.
+    Events {
+        /// The node.
+        #[arg(long)]
+        node: String,
+        /// bpffs mount point.
+        #[arg(long, default_value = bpffs::DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Stop after this long (default: until interrupted).
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+    },
     /// Remove a node's pinned programs and maps (detaches the cgroup and tc programs).
     Reset {
         /// The node.
@@ -77,6 +93,24 @@ struct RunArgs {
     /// Default: the IPv4 addresses of --interface.
     #[arg(long = "node-ip")]
     node_ips: Vec<std::net::Ipv4Addr>,
+    /// The XDP NodePort fast path on --interface (flows to backends on other nodes):
+    /// native (falls back to generic with a warning), generic or off. Default: native
+    /// when --interface is given.
+    #[arg(long, value_name = "native|generic|off")]
+    xdp: Option<ferrokube_proxy::XdpMode>,
+    /// How NodePort, ExternalIP and LoadBalancer frontends pick a backend for a new flow
+    /// from outside, unless the Service's `service.cilium.io/lb-algorithm` annotation
+    /// says otherwise: random, or maglev (consistent hashing: the same flow gets the
+    /// same backend on every node).
+    #[arg(long, default_value = "random", value_name = "random|maglev")]
+    lb_algorithm: ferrokube_proxy::LbAlgorithm,
+    /// Maglev lookup-table size M (a prime below 65536; at least ~100 times the largest
+    /// backend count; used when the maps are first created).
+    #[arg(long, default_value_t = ferrokube_proxy::Maglev::default().size)]
+    maglev_table_size: u16,
+    /// How many external frontends may use Maglev (used when the maps are first created).
+    #[arg(long, default_value_t = ferrokube_proxy::Maglev::default().tables)]
+    max_maglev_tables: u32,
     /// Apply the file (or the apiserver's first snapshot) once and exit (the pinned
     /// dataplane keeps serving).
     #[arg(long)]
@@ -102,6 +136,12 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
             print!("{}", list::render(&reports));
             Ok(())
         }
+        Some(ProxyCommand::Events {
+            node,
+            bpffs,
+            count,
+            duration,
+        }) => events(&node, &bpffs, count, duration),
         Some(ProxyCommand::Reset { node, bpffs }) => {
             if bpffs::remove(&bpffs, &node)? {
                 println!("removed the pins of node {node}");
@@ -114,14 +154,52 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
     }
 }
 
+fn events(
+    node: &str,
+    bpffs: &std::path::Path,
+    count: Option<usize>,
+    duration: Option<Duration>,
+) -> Result<()> {
+    use std::io::Write as _;
+    let dir = bpffs::pin_dir(bpffs, node)?;
+    let mut reader = ferrokube_proxy::events::EventReader::open(&dir)?;
+    let start = std::time::Instant::now();
+    let mut seen = 0usize;
+    let mut stdout = std::io::stdout();
+    loop {
+        for event in reader.drain() {
+            writeln!(stdout, "{}", ferrokube_proxy::events::render(&event))?;
+            seen += 1;
+            if count.is_some_and(|c| seen >= c) {
+                return Ok(());
+            }
+        }
+        stdout.flush()?;
+        if duration.is_some_and(|d| start.elapsed() >= d) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 async fn serve(args: RunArgs) -> Result<()> {
     let Some(node) = args.node else {
         bail!("--node is required");
     };
     let mut config = Config::new(node, args.cgroup);
     config.bpffs = args.bpffs;
+    config.xdp = match (args.xdp, &args.interface) {
+        (Some(mode), _) => mode,
+        (None, Some(_)) => ferrokube_proxy::XdpMode::Native,
+        (None, None) => ferrokube_proxy::XdpMode::Off,
+    };
     config.interface = args.interface;
     config.node_ips = args.node_ips;
+    config.lb_algorithm = args.lb_algorithm;
+    config.maglev = ferrokube_proxy::Maglev {
+        size: args.maglev_table_size,
+        tables: args.max_maglev_tables,
+    };
     config.sizes = Sizes {
         services: args.max_services,
         backends: args.max_backends,

@@ -255,6 +255,13 @@ fn proxy_interface_attaches_tc_and_reset_detaches_it() -> Result<()> {
         "{listed}"
     );
     assert!(listed.contains("(local)"), "{listed}");
+    // --interface without --xdp: the XDP fast path in native mode, pinned and listed.
+    assert!(listed.contains("xdp fast path: attached"), "{listed}");
+    let xdp_on_eth0 = || -> Result<bool> {
+        let shown = lab.node1.ip(&["link", "show", NodeLab::EXTERNAL_IF])?;
+        Ok(shown.contains(" xdp ") || shown.contains("prog/xdp"))
+    };
+    assert!(xdp_on_eth0()?, "native XDP on eth0");
 
     // The agent has exited; the pinned tc links keep serving.
     let to = SocketAddr::from((NodeLab::NODE1, 30090));
@@ -278,6 +285,9 @@ fn proxy_interface_attaches_tc_and_reset_detaches_it() -> Result<()> {
     ferrokube_testkit::wait_for("the tc links to go", Duration::from_secs(10), || {
         let result = lab.outside.run_in(request)?;
         Ok((result == Err(ErrorKind::ConnectionRefused)).then_some(()))
+    })?;
+    ferrokube_testkit::wait_for("the XDP link to go", Duration::from_secs(10), || {
+        Ok((!xdp_on_eth0()?).then_some(()))
     })?;
     Ok(())
 }

@@ -9,6 +9,8 @@
 //! - `bench runtime`: pod + container lifecycle through CRI, ours against containerd;
 //! - `bench dataplane`: Service programming time, ferrokube's maps against kube-proxy's
 //!   iptables layout (needs root);
+//! - `bench nodeport`: NodePort forwarding packets/s per core to a remote backend, XDP vs
+//!   tc vs iptables DNAT;
 //! - `bench tcpath`: traffic through the tc NodePort path against a direct connection and
 //!   iptables DNAT (needs root).
 
@@ -82,6 +84,16 @@ enum Bench {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 3)]
         seconds: u64,
+    },
+    /// NodePort forwarding packets/s (and per core) to a remote backend: XDP vs tc vs
+    /// iptables DNAT.
+    Nodeport {
+        /// Seconds per round.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        /// Rounds per mode (the best is kept).
+        #[arg(long, default_value_t = 2)]
+        rounds: u64,
     },
 }
 
@@ -486,6 +498,16 @@ fn bench(which: Bench) -> Result<()> {
             "ferrokube-proxy",
             "tcpath",
             &["--seconds".into(), seconds.to_string()],
+        ),
+        Bench::Nodeport { seconds, rounds } => cargo_bench(
+            "ferrokube-proxy",
+            "nodeport",
+            &[
+                "--seconds".into(),
+                seconds.to_string(),
+                "--rounds".into(),
+                rounds.to_string(),
+            ],
         ),
     }
 }

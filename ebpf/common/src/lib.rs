@@ -16,6 +16,8 @@
 pub mod affinity;
 pub mod backend;
 pub mod ct;
+pub mod event;
+pub mod maglev;
 pub mod node;
 pub mod revnat;
 pub mod service;
@@ -24,9 +26,10 @@ pub mod stats;
 pub use affinity::{AffinityKey, AffinityValue, ClientAffinityKey};
 pub use backend::{BACKEND_LOCAL, Backend, SlotKey};
 pub use ct::{CtKey, CtValue};
+pub use event::Event;
 pub use node::NodeConfig;
 pub use revnat::{RevNatKey, RevNatValue};
-pub use service::{SERVICE_EXTERNAL, ServiceKey, ServiceValue};
+pub use service::{SERVICE_EXTERNAL, SERVICE_MAGLEV, ServiceKey, ServiceValue};
 pub use stats::Counters;
 
 /// `AF_INET`.
@@ -61,6 +64,13 @@ pub mod map_names {
     pub const SERVICE_STATS: &str = "FK_SVC_STATS";
     /// Per-backend counters, per CPU, indexed by backend id.
     pub const BACKEND_STATS: &str = "FK_BE_STATS";
+    /// Counters of the XDP fast path, per CPU (see [`crate::stats::xdp`]).
+    pub const XDP_STATS: &str = "FK_XDP_STATS";
+    /// Maglev lookup tables: an array of backend ids (`u32`), `M` per table (see
+    /// [`crate::maglev`]).
+    pub const MAGLEV: &str = "FK_MAGLEV";
+    /// Translation events: a ring buffer of [`crate::Event`].
+    pub const EVENTS: &str = "FK_EVENTS";
 }
 
 /// Names of the programs in the object file.
@@ -77,6 +87,10 @@ pub mod program_names {
     pub const TC_INGRESS: &str = "fk_tc_ingress";
     /// tc egress on the external interface.
     pub const TC_EGRESS: &str = "fk_tc_egress";
+    /// XDP on the external interface (the NodePort fast path for remote backends).
+    pub const XDP: &str = "fk_xdp";
+    /// XDP that passes everything, for the far end of a veth (see `fk_xdp`).
+    pub const XDP_PASS: &str = "fk_xdp_pass";
 }
 
 /// Default map sizes, overridable by the loader.

@@ -15,8 +15,8 @@ pub struct NodeConfig {
     pub snat_port_min: u16,
     /// Number of SNAT source ports from `snat_port_min`.
     pub snat_ports: u16,
-    /// Zero.
-    pub pad2: u16,
+    /// The size `M` of each Maglev lookup table (a prime; zero: no tables).
+    pub maglev_size: u16,
     /// A SNAT port whose flow closed (FIN/RST) or whose UDP flow went quiet is reused
     /// after this many seconds.
     pub closed_reuse_secs: u32,

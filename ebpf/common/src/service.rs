@@ -37,13 +37,19 @@ pub struct ServiceValue {
     pub count: u32,
     /// Session affinity timeout in seconds; zero means none (random per connection).
     pub affinity_timeout: u32,
-    /// [`SERVICE_EXTERNAL`] and future features (Maglev); zero for a ClusterIP.
+    /// [`SERVICE_EXTERNAL`], [`SERVICE_MAGLEV`] and, with the latter, the Maglev table
+    /// number in the upper 16 bits ([`crate::maglev::table_of`]); zero for a ClusterIP.
     pub flags: u32,
 }
 
 /// [`ServiceValue::flags`]: a NodePort, ExternalIP or LoadBalancer IP frontend, which the
 /// tc programs on the node's external interface translate for traffic from outside.
 pub const SERVICE_EXTERNAL: u32 = 1;
+
+/// [`ServiceValue::flags`]: new flows from outside pick their backend from the frontend's
+/// Maglev lookup table (by a hash of the 5-tuple, or of the client address under session
+/// affinity) instead of a random slot.
+pub const SERVICE_MAGLEV: u32 = 2;
 
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);

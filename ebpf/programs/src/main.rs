@@ -17,6 +17,7 @@
 mod maps;
 mod nodeport;
 mod sock;
+mod xdp;
 
 #[cfg(not(test))]
 #[panic_handler]

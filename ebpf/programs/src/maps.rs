@@ -2,11 +2,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use ferrokube_ebpf_common::{
-    AffinityKey, AffinityValue, Backend, ClientAffinityKey, Counters, CtKey, CtValue, NodeConfig,
-    RevNatKey, RevNatValue, ServiceKey, ServiceValue, SlotKey, sizes,
+    AffinityKey, AffinityValue, Backend, ClientAffinityKey, Counters, CtKey, CtValue, Event,
+    NodeConfig, RevNatKey, RevNatValue, ServiceKey, ServiceValue, SlotKey, event, maglev, sizes,
+    stats,
 };
 
 #[map(name = "FK_SERVICES")]
@@ -40,3 +41,22 @@ pub static CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(sizes::MAX_CT, 0)
 
 #[map(name = "FK_NODE")]
 pub static NODE: Array<NodeConfig> = Array::pinned(1, 0);
+
+#[map(name = "FK_XDP_STATS")]
+pub static XDP_STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::xdp::COUNT, 0);
+
+#[map(name = "FK_MAGLEV")]
+pub static MAGLEV: Array<u32> =
+    Array::pinned(maglev::DEFAULT_TABLES * maglev::DEFAULT_SIZE as u32, 0);
+
+#[map(name = "FK_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::pinned(event::RING_BYTES, 0);
+
+/// Sends a translation event; a full ring drops it.
+#[inline(always)]
+pub fn emit(event: &Event) {
+    if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
+        entry.write(*event);
+        entry.submit(0);
+    }
+}

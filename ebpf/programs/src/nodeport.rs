@@ -26,13 +26,16 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ferrokube_ebpf_common::{
-    AffinityValue, BACKEND_LOCAL, ClientAffinityKey, CtKey, CtValue, FAMILY_V4, NodeConfig,
-    PROTO_TCP, PROTO_UDP, SERVICE_EXTERNAL, ServiceKey, ServiceValue, SlotKey,
+    AffinityValue, BACKEND_LOCAL, ClientAffinityKey, CtKey, CtValue, Event, FAMILY_V4, NodeConfig,
+    PROTO_TCP, PROTO_UDP, SERVICE_EXTERNAL, SERVICE_MAGLEV, ServiceKey, ServiceValue, SlotKey,
     ct::{CT_CLOSING, CT_FORWARD, CT_REPLY, CT_SNAT_IN, CT_SNAT_OUT},
+    event::SOURCE_TC,
+    maglev,
 };
 
 use crate::maps::{
-    BACKEND_STATS, BACKENDS, CLIENT_AFFINITY, CT, NODE, SERVICE_STATS, SERVICES, SLOTS,
+    BACKEND_STATS, BACKENDS, CLIENT_AFFINITY, CT, MAGLEV, NODE, SERVICE_STATS, SERVICES, SLOTS,
+    emit,
 };
 use crate::sock::count;
 
@@ -51,16 +54,16 @@ const IP_DST_OFF: usize = IP_OFF + 16;
 const SNAT_TRIES: u32 = 16;
 
 /// An IPv4 TCP or UDP packet's addresses and ports, as raw network-order values.
-struct Packet {
-    saddr: u32,
-    daddr: u32,
-    sport: u16,
-    dport: u16,
-    proto: u8,
+pub(crate) struct Packet {
+    pub(crate) saddr: u32,
+    pub(crate) daddr: u32,
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
+    pub(crate) proto: u8,
     /// Offset of the L4 header.
-    l4: usize,
+    pub(crate) l4: usize,
     /// Offset of the L4 checksum.
-    l4_csum: usize,
+    pub(crate) l4_csum: usize,
 }
 
 impl Packet {
@@ -101,7 +104,7 @@ impl Packet {
         })
     }
 
-    fn key(&self, kind: u8) -> CtKey {
+    pub(crate) fn key(&self, kind: u8) -> CtKey {
         CtKey {
             saddr: [self.saddr, 0, 0, 0],
             daddr: [self.daddr, 0, 0, 0],
@@ -265,15 +268,42 @@ fn ingress(ctx: &mut TcContext, packet: &Packet) -> i32 {
         count(&SERVICE_STATS, service.service_id, false);
         return TC_ACT_UNSPEC;
     }
-    let Some((backend_id, slot)) = pick_backend(packet, &service) else {
+    match new_flow(packet, &service, SOURCE_TC) {
+        NewFlow::Translated(baddr, bport, _) => verdict(packet.rewrite(ctx, false, baddr, bport)),
+        NewFlow::Failed => TC_ACT_UNSPEC,
+    }
+}
+
+/// What [`new_flow`] did.
+pub(crate) enum NewFlow {
+    /// Recorded, to this backend address and port (network order); whether the backend
+    /// is local to this node.
+    Translated(u32, u16, bool),
+    /// No backend, no SNAT port, or a full map: the packet goes on untranslated (counted
+    /// as refused, except for a failed map write).
+    Failed,
+}
+
+/// A new flow to an external frontend with backends: picks the backend and records the
+/// flow (the SNAT of a remote backend, the `REPLY` and `FORWARD` entries, the counters).
+/// Shared by tc and the XDP fast path (`source`: which, for the event). XDP records local
+/// picks too (and passes the packet, which tc then DNATs by the entry), so the choice is
+/// made once, with the configured distribution, whichever program sees the flow first.
+/// Inlined into each program: a BPF subprogram shared by two programs of different types
+/// does not load here.
+#[inline(always)]
+pub(crate) fn new_flow(packet: &Packet, service: &ServiceValue, source: u8) -> NewFlow {
+    let forward = packet.key(CT_FORWARD);
+    let Some((backend_id, slot)) = pick_backend(packet, service) else {
         count(&SERVICE_STATS, service.service_id, false);
-        return TC_ACT_UNSPEC;
+        return NewFlow::Failed;
     };
     // SAFETY: copied at once.
     let Some(backend) = unsafe { BACKENDS.get(&backend_id) }.copied() else {
         count(&SERVICE_STATS, service.service_id, false);
-        return TC_ACT_UNSPEC;
+        return NewFlow::Failed;
     };
+    let local = backend.flags & BACKEND_LOCAL != 0;
     let (baddr, bport) = (backend.addr[0], backend.port);
     let reply = CtKey {
         saddr: [baddr, 0, 0, 0],
@@ -283,9 +313,9 @@ fn ingress(ctx: &mut TcContext, packet: &Packet) -> i32 {
         kind: CT_REPLY,
         ..forward
     };
-    if backend.flags & BACKEND_LOCAL == 0 && snat(packet, &service, baddr, bport).is_err() {
+    if !local && snat(packet, service, baddr, bport).is_err() {
         count(&SERVICE_STATS, service.service_id, false);
-        return TC_ACT_UNSPEC;
+        return NewFlow::Failed;
     }
     let to_backend = CtValue {
         addr: [baddr, 0, 0, 0],
@@ -306,17 +336,32 @@ fn ingress(ctx: &mut TcContext, packet: &Packet) -> i32 {
     };
     // A full LRU evicts the oldest flows; an error here fails this packet only.
     if CT.insert(&reply, &to_frontend, 0).is_err() || CT.insert(&forward, &to_backend, 0).is_err() {
-        return TC_ACT_UNSPEC;
+        return NewFlow::Failed;
     }
     count(&SERVICE_STATS, service.service_id, true);
     count(&BACKEND_STATS, backend_id, true);
-    verdict(packet.rewrite(ctx, false, baddr, bport))
+    emit(&Event {
+        // SAFETY: helper without arguments.
+        time_ns: unsafe { bpf_ktime_get_ns() },
+        client: [packet.saddr, 0, 0, 0],
+        frontend: [packet.daddr, 0, 0, 0],
+        backend: [baddr, 0, 0, 0],
+        client_port: packet.sport,
+        frontend_port: packet.dport,
+        backend_port: bport,
+        proto: packet.proto,
+        source,
+        service_id: service.service_id,
+        backend_id,
+    });
+    NewFlow::Translated(baddr, bport, local)
 }
 
 /// Records the SNAT of a new flow to a remote backend: a free node port for
 /// (backend, node address), and the entries for egress and the reply. A port is free
 /// when no flow holds it, or when its flow closed (or, UDP, went quiet) longer than
 /// `closed_reuse_secs` ago, or sent nothing for `idle_reuse_secs`.
+#[inline(always)]
 fn snat(packet: &Packet, service: &ServiceValue, baddr: u32, bport: u16) -> Result<(), ()> {
     let node: NodeConfig = NODE.get(0).copied().ok_or(())?;
     if node.family != FAMILY_V4 || node.snat_ports == 0 {
@@ -405,17 +450,57 @@ fn touch(owner: &CtKey, closes: bool) {
     }
 }
 
-/// A backend id and its slot for a new flow: the client's previous one while affinity
-/// holds, else a random slot's.
-fn pick_backend(packet: &Packet, service: &ServiceValue) -> Option<(u32, u32)> {
-    let slot_of = |slot: u32| {
-        let key = SlotKey {
-            service_id: service.service_id,
-            slot,
-        };
-        // SAFETY: copied at once.
-        unsafe { SLOTS.get(&key) }.copied()
+/// The backend id in a frontend's slot: a random-slot frontend's `FK_SLOTS` entry
+/// (slots `0..count`), or a Maglev frontend's lookup-table entry (slots `0..M`).
+#[inline(always)]
+fn slot_backend(service: &ServiceValue, slot: u32) -> Option<u32> {
+    if service.flags & SERVICE_MAGLEV != 0 {
+        let size = u32::from(NODE.get(0)?.maglev_size);
+        if slot >= size {
+            return None;
+        }
+        let index = maglev::table_of(service.flags)
+            .checked_mul(size)?
+            .checked_add(slot)?;
+        return MAGLEV.get(index).copied().filter(|id| *id != 0);
+    }
+    if slot >= service.count {
+        return None;
+    }
+    let key = SlotKey {
+        service_id: service.service_id,
+        slot,
     };
+    // SAFETY: copied at once.
+    unsafe { SLOTS.get(&key) }.copied()
+}
+
+/// A backend id and its slot for a new flow. Maglev: the table entry the flow's hash
+/// (of the 5-tuple, or of the client address under session affinity) points at, the same
+/// on every node. Otherwise: the client's previous one while affinity holds, else a
+/// random slot's.
+#[inline(always)]
+fn pick_backend(packet: &Packet, service: &ServiceValue) -> Option<(u32, u32)> {
+    if service.flags & SERVICE_MAGLEV != 0 {
+        let size = u32::from(NODE.get(0)?.maglev_size);
+        if size == 0 {
+            return None;
+        }
+        let hash = if service.affinity_timeout == 0 {
+            maglev::flow_hash(
+                packet.saddr,
+                packet.daddr,
+                packet.sport,
+                packet.dport,
+                packet.proto,
+            )
+        } else {
+            maglev::client_hash(packet.saddr)
+        };
+        let slot = hash % size;
+        return slot_backend(service, slot).map(|id| (id, slot));
+    }
+    let slot_of = |slot: u32| slot_backend(service, slot);
     // SAFETY: helper without arguments.
     let random = unsafe { bpf_get_prandom_u32() } % service.count;
     if service.affinity_timeout == 0 {
@@ -463,13 +548,7 @@ fn still_valid(packet: &Packet, syn: bool, service: &ServiceValue, entry: &CtVal
         if !syn {
             return true;
         }
-        let key = SlotKey {
-            service_id: service.service_id,
-            slot: entry.slot,
-        };
-        // SAFETY: copied at once.
-        return entry.slot < service.count
-            && unsafe { SLOTS.get(&key) }.copied() == Some(entry.backend_id);
+        return slot_backend(service, entry.slot) == Some(entry.backend_id);
     }
     // SAFETY: copied at once.
     match unsafe { BACKENDS.get(&entry.backend_id) }.copied() {

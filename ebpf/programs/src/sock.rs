@@ -13,9 +13,12 @@ use aya_ebpf::{
 use ferrokube_ebpf_common::{
     AffinityKey, AffinityValue, Counters, FAMILY_V4, PROTO_TCP, PROTO_UDP, RevNatKey, RevNatValue,
     ServiceKey, SlotKey,
+    event::{Event, SOURCE_CONNECT4},
 };
 
-use crate::maps::{AFFINITY, BACKEND_STATS, BACKENDS, REVNAT, SERVICE_STATS, SERVICES, SLOTS};
+use crate::maps::{
+    AFFINITY, BACKEND_STATS, BACKENDS, REVNAT, SERVICE_STATS, SERVICES, SLOTS, emit,
+};
 
 /// Hook verdicts.
 const ALLOW: i32 = 1;
@@ -24,12 +27,12 @@ const ECONNREFUSED: i32 = 111;
 
 #[cgroup_sock_addr(connect4)]
 pub fn fk_connect4(ctx: SockAddrContext) -> i32 {
-    translate4(&ctx)
+    translate4(&ctx, true)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn fk_sendmsg4(ctx: SockAddrContext) -> i32 {
-    translate4(&ctx)
+    translate4(&ctx, false)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
@@ -51,8 +54,9 @@ enum Verdict {
     Refuse(u32),
 }
 
-fn translate4(ctx: &SockAddrContext) -> i32 {
-    match try_translate4(ctx) {
+/// `connect`: the connect4 hook (which reports an event per translation).
+fn translate4(ctx: &SockAddrContext, connect: bool) -> i32 {
+    match try_translate4(ctx, connect) {
         Verdict::Pass => ALLOW,
         Verdict::Refuse(service_id) => {
             count(&SERVICE_STATS, service_id, false);
@@ -64,7 +68,7 @@ fn translate4(ctx: &SockAddrContext) -> i32 {
     }
 }
 
-fn try_translate4(ctx: &SockAddrContext) -> Verdict {
+fn try_translate4(ctx: &SockAddrContext, connect: bool) -> Verdict {
     // SAFETY: the kernel hands the hook a valid `bpf_sock_addr`; the verifier checks
     // every field access below.
     let sa = unsafe { &mut *ctx.sock_addr };
@@ -111,6 +115,22 @@ fn try_translate4(ctx: &SockAddrContext) -> Verdict {
     sa.user_port = u32::from(backend.port);
     count(&SERVICE_STATS, service.service_id, true);
     count(&BACKEND_STATS, backend_id, true);
+    // Connections only (connect4): an event per unconnected datagram would flood the ring.
+    if connect {
+        emit(&Event {
+            // SAFETY: helper without arguments.
+            time_ns: unsafe { bpf_ktime_get_ns() },
+            frontend: key.addr,
+            backend: backend.addr,
+            frontend_port: key.port,
+            backend_port: backend.port,
+            proto,
+            source: SOURCE_CONNECT4,
+            service_id: service.service_id,
+            backend_id,
+            ..Event::default()
+        });
+    }
     Verdict::Pass
 }
 

@@ -44,6 +44,9 @@ impl Agent {
         let limits = Limits {
             max_services: config.sizes.services,
             max_backends: config.sizes.backends,
+            maglev_tables: config.maglev.tables,
+            maglev_size: config.maglev.size,
+            lb_algorithm: config.lb_algorithm,
         };
         let mut syncer = Syncer::adopt(maps, &config.node, limits)?;
         syncer.set_node_ips(dataplane.node_ips().to_vec())?;

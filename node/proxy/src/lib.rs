@@ -7,16 +7,20 @@
 //! - [`model`]: desired frontends and backends from Kubernetes objects;
 //! - [`sync`]: diff-apply onto the maps ([`maps::MapOps`]);
 //! - [`maps`]: the kernel maps (and an in-memory stand-in);
+//! - [`maglev`]: Maglev lookup tables;
 //! - [`loader`], [`bpffs`]: programs, cgroup attachment, pins, adoption on restart;
 //! - [`source`]: inputs (a YAML file, or the apiserver through kube-rs);
 //! - [`sockets`]: destroying the sockets sent to backends that are gone;
 //! - [`agent`]: all of the above, driven by a stream;
+//! - [`events`]: the translation event stream;
 //! - [`list`]: what `ferrokube proxy list` prints.
 
 pub mod agent;
 pub mod bpffs;
+pub mod events;
 pub mod list;
 pub mod loader;
+pub mod maglev;
 pub mod maps;
 pub mod model;
 pub mod sockets;
@@ -24,4 +28,5 @@ pub mod source;
 pub mod sync;
 
 pub use agent::Agent;
-pub use loader::{Config, Sizes, Snat};
+pub use loader::{Config, Maglev, Sizes, Snat, XdpMode};
+pub use model::LbAlgorithm;

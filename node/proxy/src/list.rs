@@ -53,6 +53,8 @@ pub struct FrontendReport {
     pub external: bool,
     /// Its backends in slot order.
     pub backends: Vec<BackendReport>,
+    /// New flows from outside pick backends by Maglev (else at random).
+    pub maglev: bool,
 }
 
 /// One node's frontends, sorted.
@@ -62,6 +64,8 @@ pub struct NodeReport {
     pub node: String,
     /// Its frontends.
     pub frontends: Vec<FrontendReport>,
+    /// The XDP fast path's counters, when its link is pinned (attached).
+    pub xdp: Option<crate::loader::XdpCounters>,
 }
 
 /// Reads the frontends of one node (or of every node with pins when `node` is `None`).
@@ -85,7 +89,16 @@ pub fn list(bpffs: &Path, node: Option<&str>) -> Result<Vec<NodeReport>, ListErr
             Err(e) => return Err(maps_error(e)),
         };
         let frontends = report(&maps).map_err(maps_error)?;
-        out.push(NodeReport { node, frontends });
+        let xdp = if crate::loader::xdp_link_path(&dir).exists() {
+            Some(crate::loader::xdp_counters(&dir).map_err(maps_error)?)
+        } else {
+            None
+        };
+        out.push(NodeReport {
+            node,
+            frontends,
+            xdp,
+        });
     }
     Ok(out)
 }
@@ -123,6 +136,7 @@ pub fn report(maps: &impl MapOps) -> Result<Vec<FrontendReport>, MapsError> {
             affinity_timeout: value.affinity_timeout,
             external: value.flags & ferrokube_ebpf_common::SERVICE_EXTERNAL != 0,
             backends: list,
+            maglev: value.flags & ferrokube_ebpf_common::SERVICE_MAGLEV != 0,
         });
     }
     out.sort_by_key(|f| f.frontend);
@@ -139,15 +153,23 @@ pub fn render(reports: &[NodeReport]) -> String {
             node.node,
             node.frontends.len()
         );
+        if let Some(x) = &node.xdp {
+            let _ = writeln!(
+                out,
+                "  xdp fast path: attached  new flows {}  forward {}  reverse {}  fallback {}",
+                x.new_flows, x.forward, x.reverse, x.fallback
+            );
+        }
         for f in &node.frontends {
             let _ = writeln!(
                 out,
-                "  {:<28} {:<8} id {:<6} translated {:<8} refused {}{}{}",
+                "  {:<28} {:<8} id {:<6} translated {:<8} refused {}{}{}{}",
                 f.frontend.to_string(),
                 if f.external { "external" } else { "cluster" },
                 f.service_id,
                 f.counters.translations,
                 f.counters.refused,
+                if f.maglev { "  maglev" } else { "" },
                 if f.affinity_timeout > 0 {
                     format!("  affinity ClientIP {}s", f.affinity_timeout)
                 } else {

@@ -15,15 +15,16 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, MapData};
 use aya::programs::{
-    CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, links::FdLink,
-    links::PinnedLink, tc::TcAttachOptions,
+    CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp,
+    XdpMode as AyaXdpMode, links::FdLink, links::PinnedLink, tc::TcAttachOptions,
 };
 use aya::{Ebpf, EbpfLoader};
-use ferrokube_ebpf_common::{FAMILY_V4, NodeConfig, ct, map_names, program_names, sizes};
+use ferrokube_ebpf_common::{FAMILY_V4, NodeConfig, ct, maglev, map_names, program_names, sizes};
 use tracing::{info, warn};
 
 use crate::bpffs::{self, BpffsError};
 use crate::maps::{KernelMaps, MapsError};
+use crate::model::LbAlgorithm;
 
 /// The object built from `ebpf/programs` by this crate's build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ferrokube-lb"));
@@ -87,6 +88,24 @@ pub enum LoadError {
         /// Why.
         #[source]
         source: nix::Error,
+    },
+    /// The Maglev settings are invalid.
+    #[error(transparent)]
+    Maglev(#[from] crate::maglev::MaglevError),
+    /// The pinned Maglev map was made for other settings (a `proxy reset` recreates it).
+    #[error(
+        "map {}: {found} entries pinned, {want} wanted for {tables} tables of {size}",
+        map_names::MAGLEV
+    )]
+    MaglevMapSize {
+        /// Entries of the pinned map.
+        found: u32,
+        /// Entries the settings need.
+        want: u32,
+        /// Tables asked for.
+        tables: u32,
+        /// Table size asked for.
+        size: u16,
     },
     /// Writing the node settings map failed.
     #[error("map {}: {source}", map_names::NODE)]
@@ -172,6 +191,75 @@ pub struct Config {
     pub node_ips: Vec<Ipv4Addr>,
     /// SNAT ports and their reuse (written on every start).
     pub snat: Snat,
+    /// The XDP fast path on `interface` (ignored without one).
+    pub xdp: XdpMode,
+    /// How external frontends pick backends for new flows unless their Service says
+    /// otherwise (`service.cilium.io/lb-algorithm`).
+    pub lb_algorithm: LbAlgorithm,
+    /// Maglev lookup tables (used when the maps are created; pinned maps keep theirs).
+    pub maglev: Maglev,
+}
+
+/// Maglev lookup-table settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Maglev {
+    /// Entries per table, `M`: a prime, at least ~100 times the largest backend count
+    /// for an imbalance within ~1 % (default 16381, like Cilium).
+    pub size: u16,
+    /// How many external frontends may use Maglev on this node.
+    pub tables: u32,
+}
+
+impl Default for Maglev {
+    fn default() -> Self {
+        Self {
+            size: maglev::DEFAULT_SIZE,
+            tables: maglev::DEFAULT_TABLES,
+        }
+    }
+}
+
+/// How the XDP NodePort fast path is attached to the external interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XdpMode {
+    /// Not at all: tc handles every packet.
+    #[default]
+    Off,
+    /// In the driver (native XDP); falls back to generic with a warning when the driver
+    /// refuses.
+    Native,
+    /// In the stack, after an skb is built (works on any interface, slower).
+    Generic,
+}
+
+impl std::str::FromStr for XdpMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(Self::Off),
+            "native" => Ok(Self::Native),
+            "generic" => Ok(Self::Generic),
+            other => Err(format!(
+                "unknown XDP mode {other:?}: want native, generic or off"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Off => "off",
+            Self::Native => "native",
+            Self::Generic => "generic",
+        })
+    }
+}
+
+/// The pin file of the XDP link in a node's pin directory.
+pub fn xdp_link_path(pin_dir: &Path) -> PathBuf {
+    pin_dir.join(format!("link_{}", program_names::XDP))
 }
 
 impl Config {
@@ -185,6 +273,9 @@ impl Config {
             interface: None,
             node_ips: Vec::new(),
             snat: Snat::default(),
+            xdp: XdpMode::Off,
+            lb_algorithm: LbAlgorithm::Random,
+            maglev: Maglev::default(),
         }
     }
 }
@@ -196,6 +287,7 @@ pub struct Dataplane {
     pin_dir: PathBuf,
     adopted_links: usize,
     node_ips: Vec<Ipv4Addr>,
+    xdp: Option<XdpMode>,
 }
 
 const TC_PROGRAMS: [(&str, TcAttachType); 2] = [
@@ -216,6 +308,12 @@ impl Dataplane {
     pub fn load(config: &Config) -> Result<(Self, KernelMaps), LoadError> {
         let pin_dir = bpffs::prepare(&config.bpffs, &config.node)?;
         let sizes = config.sizes;
+        crate::maglev::check_size(config.maglev.size)?;
+        let maglev_entries = config
+            .maglev
+            .tables
+            .saturating_add(1)
+            .saturating_mul(u32::from(config.maglev.size));
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin_dir)
             .map_max_entries(map_names::SERVICES, sizes.services)
@@ -227,14 +325,22 @@ impl Dataplane {
             .map_max_entries(map_names::CT, sizes.ct)
             .map_max_entries(map_names::SERVICE_STATS, sizes.services + 1)
             .map_max_entries(map_names::BACKEND_STATS, sizes.backends + 1)
+            .map_max_entries(map_names::MAGLEV, maglev_entries)
             .load(OBJECT)?;
+        check_maglev_map(&ebpf, maglev_entries, config.maglev)?;
         let node_ips = match (&config.interface, config.node_ips.is_empty()) {
             (Some(interface), true) => interface_ipv4s(interface)?,
             _ => config.node_ips.clone(),
         };
-        write_node_config(&mut ebpf, node_ips.first().copied(), config.snat)?;
+        write_node_config(
+            &mut ebpf,
+            node_ips.first().copied(),
+            config.snat,
+            config.maglev.size,
+        )?;
         let maps = KernelMaps::from_ebpf(&mut ebpf)?;
         let mut adopted_links = 0;
+        let mut xdp = None;
         let mut cgroup: Option<File> = None;
         for name in PROGRAMS {
             let link_path = pin_dir.join(format!("link_{name}"));
@@ -262,6 +368,14 @@ impl Dataplane {
                 }
                 attach_tc(&mut ebpf, name, interface, attach_type, &link_path)?;
             }
+            if config.xdp != XdpMode::Off {
+                let link_path = xdp_link_path(&pin_dir);
+                if adopt(&link_path) {
+                    adopted_links += 1;
+                } else {
+                    xdp = Some(attach_xdp(&mut ebpf, interface, config.xdp, &link_path)?);
+                }
+            }
         }
         info!(
             node = %config.node,
@@ -269,6 +383,7 @@ impl Dataplane {
             interface = config.interface.as_deref().unwrap_or("-"),
             ?node_ips,
             adopted_links,
+            xdp = %xdp.map_or_else(|| "-".to_string(), |m: XdpMode| m.to_string()),
             "eBPF dataplane ready"
         );
         Ok((
@@ -277,6 +392,7 @@ impl Dataplane {
                 pin_dir,
                 adopted_links,
                 node_ips,
+                xdp,
             },
             maps,
         ))
@@ -293,10 +409,162 @@ impl Dataplane {
     }
 
     /// How many program links were adopted from pins (4, or 6 with an external
-    /// interface, on a restart; 0 on a first start).
+    /// interface, 7 with XDP too, on a restart; 0 on a first start).
     pub fn adopted_links(&self) -> usize {
         self.adopted_links
     }
+
+    /// The mode the XDP program was attached in by this run (`None`: not attached by this
+    /// run: off, or adopted from a pin).
+    pub fn xdp_attached(&self) -> Option<XdpMode> {
+        self.xdp
+    }
+}
+
+/// Attaches the XDP fast path in `mode` (native falls back to generic with a warning)
+/// and pins the link; returns the mode it runs in.
+fn attach_xdp(
+    ebpf: &mut Ebpf,
+    interface: &str,
+    mode: XdpMode,
+    link_path: &Path,
+) -> Result<XdpMode, LoadError> {
+    let name = program_names::XDP;
+    let program_error = |source| LoadError::Program { name, source };
+    let program: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or(LoadError::MissingProgram(name))?
+        .try_into()
+        .map_err(program_error)?;
+    program.load().map_err(program_error)?;
+    let (link_id, used) = match mode {
+        XdpMode::Native => match program.attach(interface, AyaXdpMode::Driver) {
+            Ok(id) => (id, XdpMode::Native),
+            Err(e) => {
+                warn!(interface, error = %e, "native XDP refused; falling back to generic XDP");
+                let id = program
+                    .attach(interface, AyaXdpMode::Skb)
+                    .map_err(program_error)?;
+                (id, XdpMode::Generic)
+            }
+        },
+        _ => (
+            program
+                .attach(interface, AyaXdpMode::Skb)
+                .map_err(program_error)?,
+            XdpMode::Generic,
+        ),
+    };
+    let link = program.take_link(link_id).map_err(program_error)?;
+    let link: FdLink = link
+        .try_into()
+        .map_err(|source| LoadError::Link { name, source })?;
+    link.pin(link_path).map_err(|source| LoadError::Pin {
+        path: link_path.into(),
+        source,
+    })?;
+    Ok(used)
+}
+
+/// A pass-through XDP program on a veth, attached (native) while this value lives.
+///
+/// A veth hands the frames its peer sends with native `XDP_TX` to its own receive queue,
+/// whose NAPI the kernel schedules for them only when this veth has an XDP program
+/// (`veth_xdp_flush`); without one they wait for unrelated traffic. Where the external
+/// interface is a veth (labs, benchmarks, nested setups), attach this to its peer. It
+/// loads its own copy of the object, with maps of one entry pinned in a scratch directory
+/// of bpffs only while loading (aya pins maps declared pinned), and removed at once.
+#[derive(Debug)]
+pub struct XdpPass {
+    _ebpf: Ebpf,
+}
+
+impl XdpPass {
+    /// Attaches to `interface` (in the calling thread's network namespace); `bpffs` is
+    /// the bpffs mount point (mounted when missing).
+    pub fn attach(interface: &str, bpffs: &Path) -> Result<Self, LoadError> {
+        static SCRATCH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = program_names::XDP_PASS;
+        let program_error = |source| LoadError::Program { name, source };
+        bpffs::ensure_mounted(bpffs)?;
+        let scratch = bpffs.join(format!(
+            "ferrokube-xdp-pass-{}-{}",
+            std::process::id(),
+            SCRATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&scratch).map_err(|source| BpffsError::Io {
+            what: "creating",
+            path: scratch.clone(),
+            source,
+        })?;
+        let loaded = Self::load(&scratch);
+        let _ = std::fs::remove_dir_all(&scratch);
+        let mut ebpf = loaded?;
+        let program: &mut Xdp = ebpf
+            .program_mut(name)
+            .ok_or(LoadError::MissingProgram(name))?
+            .try_into()
+            .map_err(program_error)?;
+        program.load().map_err(program_error)?;
+        program
+            .attach(interface, AyaXdpMode::Driver)
+            .map_err(program_error)?;
+        Ok(Self { _ebpf: ebpf })
+    }
+
+    fn load(scratch: &Path) -> Result<Ebpf, LoadError> {
+        // Every map at its smallest: nothing here uses them.
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(scratch);
+        for map in [
+            map_names::SERVICES,
+            map_names::SLOTS,
+            map_names::BACKENDS,
+            map_names::REVNAT,
+            map_names::AFFINITY,
+            map_names::CLIENT_AFFINITY,
+            map_names::CT,
+            map_names::SERVICE_STATS,
+            map_names::BACKEND_STATS,
+            map_names::MAGLEV,
+        ] {
+            loader.map_max_entries(map, 1);
+        }
+        Ok(loader.load(OBJECT)?)
+    }
+}
+
+/// The XDP fast path's counters, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XdpCounters {
+    /// Client-to-backend packets translated and sent out.
+    pub forward: u64,
+    /// Backend-to-client packets translated and sent out.
+    pub reverse: u64,
+    /// Packets of flows to remote backends left to tc.
+    pub fallback: u64,
+    /// New flows to remote backends picked and recorded by XDP.
+    pub new_flows: u64,
+}
+
+/// Reads the XDP counters pinned in `pin_dir`.
+pub fn xdp_counters(pin_dir: &Path) -> Result<XdpCounters, MapsError> {
+    use aya::maps::{Map, PerCpuArray};
+    use ferrokube_ebpf_common::stats::xdp;
+    let name = map_names::XDP_STATS;
+    let kernel = |source| MapsError::Kernel { map: name, source };
+    let data = MapData::from_pin(pin_dir.join(name)).map_err(kernel)?;
+    let array: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(kernel)?;
+    let sum = |index: u32| -> Result<u64, MapsError> {
+        Ok(array.get(&index, 0).map_err(kernel)?.iter().sum())
+    };
+    Ok(XdpCounters {
+        forward: sum(xdp::FORWARD)?,
+        reverse: sum(xdp::REVERSE)?,
+        fallback: sum(xdp::FALLBACK)?,
+        new_flows: sum(xdp::NEW)?,
+    })
 }
 
 fn attach(
@@ -323,6 +591,23 @@ fn attach(
         path: link_path.into(),
         source,
     })?;
+    Ok(())
+}
+
+/// A pinned Maglev map keeps the size it was made with: it must fit the settings.
+fn check_maglev_map(ebpf: &Ebpf, want: u32, maglev: Maglev) -> Result<(), LoadError> {
+    let found = match ebpf.map(map_names::MAGLEV) {
+        Some(aya::maps::Map::Array(data)) => data.info().map(|i| i.max_entries()).unwrap_or(0),
+        _ => return Err(LoadError::Maps(MapsError::Missing(map_names::MAGLEV))),
+    };
+    if found != want {
+        return Err(LoadError::MaglevMapSize {
+            found,
+            want,
+            tables: maglev.tables,
+            size: maglev.size,
+        });
+    }
     Ok(())
 }
 
@@ -392,6 +677,7 @@ fn write_node_config(
     ebpf: &mut Ebpf,
     snat_addr: Option<Ipv4Addr>,
     snat: Snat,
+    maglev_size: u16,
 ) -> Result<(), LoadError> {
     let map = ebpf
         .map_mut(map_names::NODE)
@@ -403,6 +689,7 @@ fn write_node_config(
         snat_ports: snat.ports.min(u16::MAX - snat.port_min.saturating_sub(1)),
         closed_reuse_secs: snat.closed_reuse_secs,
         idle_reuse_secs: snat.idle_reuse_secs,
+        maglev_size,
         ..NodeConfig::default()
     };
     let value = match snat_addr.map(IpAddr::V4) {

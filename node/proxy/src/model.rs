@@ -140,7 +140,48 @@ pub struct FrontendSpec {
     pub affinity_timeout: u32,
     /// A NodePort, ExternalIP or LoadBalancer IP frontend (translated from outside too).
     pub external: bool,
+    /// How new flows from outside pick a backend, when the Service says
+    /// (`service.cilium.io/lb-algorithm`); `None`: the node's default. External
+    /// frontends only.
+    pub lb_algorithm: Option<LbAlgorithm>,
 }
+
+/// Backend selection for new flows from outside (the tc and XDP paths).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum LbAlgorithm {
+    /// A random slot per new flow (session affinity: the client's previous backend).
+    #[default]
+    Random,
+    /// Maglev consistent hashing of the 5-tuple (session affinity: of the client
+    /// address): the same flow gets the same backend on every node.
+    Maglev,
+}
+
+impl std::str::FromStr for LbAlgorithm {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "random" => Ok(Self::Random),
+            "maglev" => Ok(Self::Maglev),
+            other => Err(format!(
+                "unknown load-balancing algorithm {other:?}: want random or maglev"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for LbAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Random => "random",
+            Self::Maglev => "maglev",
+        })
+    }
+}
+
+/// The Service annotation choosing [`LbAlgorithm`] (Cilium's spelling).
+pub const LB_ALGORITHM_ANNOTATION: &str = "service.cilium.io/lb-algorithm";
 
 /// Desired state per frontend.
 pub type Desired = BTreeMap<Frontend, FrontendSpec>;
@@ -169,6 +210,18 @@ pub fn service_frontends<'a>(
         spec.type_.as_deref(),
         Some("NodePort") | Some("LoadBalancer")
     );
+    let lb_algorithm = service
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LB_ALGORITHM_ANNOTATION))
+        .and_then(|v| match v.parse::<LbAlgorithm>() {
+            Ok(algorithm) => Some(algorithm),
+            Err(e) => {
+                debug!(service = %svc, error = %e, "annotation ignored");
+                None
+            }
+        });
     let affinity_timeout = if spec.session_affinity.as_deref() == Some("ClientIP") {
         spec.session_affinity_config
             .as_ref()
@@ -259,6 +312,9 @@ pub fn service_frontends<'a>(
             entry.backends.extend(backends.iter().copied());
             entry.affinity_timeout = affinity_timeout;
             entry.external |= external;
+            if entry.external {
+                entry.lb_algorithm = lb_algorithm;
+            }
         }
     }
     out

@@ -14,8 +14,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use ferrokube_proxy::loader::{XdpCounters, XdpPass, xdp_counters};
 use ferrokube_proxy::sync::{ApplyStats, Input};
-use ferrokube_proxy::{Agent, Config, Sizes, Snat, bpffs, list, source};
+use ferrokube_proxy::{Agent, Config, Sizes, Snat, XdpMode, bpffs, list, source};
 use ferrokube_testkit::netlab::{EchoServers, NodeLab, TestCgroup, unique_name};
 use ferrokube_testkit::netns::Netns;
 
@@ -34,10 +35,11 @@ impl Drop for Pins {
     }
 }
 
-/// Fields drop in order: agent, pins, cgroup, servers, lab.
+/// Fields drop in order: agent, pins, peer programs, cgroup, servers, lab.
 struct Harness {
     agent: Option<Agent>,
     pins: Pins,
+    _peers: Vec<XdpPass>,
     _cgroup: TestCgroup,
     _servers: Vec<EchoServers>,
     lab: NodeLab,
@@ -51,6 +53,14 @@ impl Harness {
     }
 
     fn with_snat(pods1: u8, pods2: u8, snat: Snat) -> Result<Self> {
+        Self::with_options(pods1, pods2, snat, XdpMode::Off)
+    }
+
+    fn with_xdp(pods1: u8, pods2: u8, xdp: XdpMode) -> Result<Self> {
+        Self::with_options(pods1, pods2, Snat::default(), xdp)
+    }
+
+    fn with_options(pods1: u8, pods2: u8, snat: Snat, xdp: XdpMode) -> Result<Self> {
         let lab = NodeLab::new(pods1, pods2)?;
         let servers = vec![
             EchoServers::start_reporting_peer(&lab.pods1.path(), &lab.pod1_addrs, TARGET)?,
@@ -69,10 +79,21 @@ impl Harness {
         };
         config.interface = Some(NodeLab::EXTERNAL_IF.into());
         config.snat = snat;
+        config.xdp = xdp;
         let pins = Pins {
             bpffs: config.bpffs.clone(),
             node: node.clone(),
         };
+        let mut peers = Vec::new();
+        if xdp == XdpMode::Native {
+            for peer in NodeLab::PEERS {
+                let bpffs = config.bpffs.clone();
+                peers.push(
+                    lab.outside
+                        .run_in(move || Ok(XdpPass::attach(peer, &bpffs)?))?,
+                );
+            }
+        }
         let agent = start_in(&lab.node1, &config)?;
         ensure!(
             agent.dataplane().node_ips() == [NODE1],
@@ -82,6 +103,7 @@ impl Harness {
         Ok(Self {
             agent: Some(agent),
             pins,
+            _peers: peers,
             _cgroup: cgroup,
             _servers: servers,
             lab,
@@ -105,6 +127,11 @@ impl Harness {
 
     fn outside(&self) -> &Netns {
         &self.lab.outside
+    }
+
+    fn xdp(&self) -> Result<XdpCounters> {
+        let dir = bpffs::pin_dir(&self.pins.bpffs, &self.node)?;
+        Ok(xdp_counters(&dir)?)
     }
 }
 
@@ -303,6 +330,8 @@ fn remote_backend_is_snated_to_the_node_address_needs_root() -> Result<()> {
         &[(remote, "other-node", "ready")],
     );
     h.apply(&yaml)?;
+    let mut events =
+        ferrokube_proxy::events::EventReader::open(&bpffs::pin_dir(&h.pins.bpffs, &h.node)?)?;
     for _ in 0..5 {
         let echo = tcp(h.outside(), at(NODE1, 30081))?;
         assert_eq!(echo.backend, remote);
@@ -312,6 +341,20 @@ fn remote_backend_is_snated_to_the_node_address_needs_root() -> Result<()> {
         assert_eq!(echo.backend, remote);
         assert_eq!(echo.peer.ip(), NODE1);
     }
+    // Without XDP, tc reports each new flow (5 TCP connections, 5 UDP sockets).
+    let mut seen = Vec::new();
+    ferrokube_testkit::wait_for("10 tc events", Duration::from_secs(5), || {
+        seen.extend(events.drain());
+        Ok((seen.len() >= 10).then_some(()))
+    })?;
+    assert_eq!(seen.len(), 10);
+    assert!(
+        seen.iter()
+            .all(|e| e.source == ferrokube_ebpf_common::event::SOURCE_TC
+                && e.backend[0] == u32::from_ne_bytes(remote.octets())
+                && e.client[0] == u32::from_ne_bytes(NodeLab::CLIENT.octets())),
+        "{seen:?}"
+    );
     Ok(())
 }
 
@@ -854,5 +897,347 @@ fn a_backends_icmp_error_reaches_the_client_as_the_frontends_needs_root() -> Res
         "remote, after {elapsed:?}"
     );
     assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+    Ok(())
+}
+
+/// Several UDP requests from one client socket (one flow); each reply must come from `to`.
+fn udp_flow(ns: &Netns, to: SocketAddrV4, requests: usize) -> Result<Vec<Echo>> {
+    ns.run_in(move || {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut out = Vec::new();
+        for _ in 0..requests {
+            socket.send_to(b"hello", to)?;
+            let mut buf = [0u8; 128];
+            let (n, from) = socket.recv_from(&mut buf).context("no UDP reply")?;
+            ensure!(from == SocketAddr::V4(to), "reply came from {from}");
+            out.push(Echo::parse(std::str::from_utf8(&buf[..n])?)?);
+        }
+        Ok(out)
+    })
+}
+
+/// Whether node 1's `eth0` has an XDP program attached (`ip link` shows `xdp...`).
+fn eth0_has_xdp(lab: &NodeLab) -> Result<bool> {
+    let shown = lab.node1.ip(&["link", "show", NodeLab::EXTERNAL_IF])?;
+    Ok(shown.contains(" xdp") || shown.contains("prog/xdp"))
+}
+
+#[test]
+fn xdp_fast_path_forwards_remote_tcp_and_udp_and_leaves_local_to_tc_needs_root() -> Result<()> {
+    let mut h = Harness::with_xdp(1, 1, XdpMode::Native)?;
+    assert_eq!(
+        h.agent.as_ref().and_then(|a| a.dataplane().xdp_attached()),
+        Some(XdpMode::Native),
+        "native XDP on a veth"
+    );
+    assert!(eth0_has_xdp(&h.lab)?, "attached to eth0");
+    let node = h.node.clone();
+    let (local, remote) = (h.lab.pod1_addrs[0], h.lab.pod2_addrs[0]);
+    let mut yaml = service(
+        "xremote",
+        "NodePort",
+        "",
+        &[("http", "TCP", 80, 30181), ("dns", "UDP", 53, 30153)],
+        &[(remote, "other-node", "ready")],
+    );
+    yaml.push_str("---\n");
+    yaml.push_str(&service(
+        "xlocal",
+        "NodePort",
+        "",
+        &[("http", "TCP", 81, 30182)],
+        &[(local, &node, "ready")],
+    ));
+    h.apply(&yaml)?;
+    assert!(
+        h.list()?.contains("xdp fast path: attached"),
+        "{}",
+        h.list()?
+    );
+
+    // TCP to the remote backend: XDP picks the backend and the SNAT port on the SYN (with
+    // tc's code and maps) and handles the whole connection both ways.
+    let before = h.xdp()?;
+    for _ in 0..5 {
+        let echo = tcp(h.outside(), at(NODE1, 30181))?;
+        assert_eq!(echo.backend, remote);
+        assert_eq!(echo.peer.ip(), NODE1, "SNAT to the node address");
+        assert!(echo.peer.port() >= 61_000, "SNAT port range: {echo:?}");
+    }
+    let tcp_done = h.xdp()?;
+    // Per connection at least: the SYN, the ACK, the request and a FIN forward; the
+    // SYN-ACK, the reply and a FIN back.
+    assert!(
+        tcp_done.forward >= before.forward + 5 * 4 && tcp_done.reverse >= before.reverse + 5 * 3,
+        "XDP handled the TCP flows: {before:?} -> {tcp_done:?}"
+    );
+    assert_eq!(tcp_done.new_flows, before.new_flows + 5, "{tcp_done:?}");
+    // Translations are counted alike, whichever program made them.
+    let listed = h.list()?;
+    let line = listed
+        .lines()
+        .find(|l| l.contains("10.251.0.2:30181/TCP"))
+        .context("frontend listed")?;
+    assert!(line.contains("translated 5 "), "{listed}");
+
+    // UDP: one flow of 8 datagrams and their replies, all in XDP.
+    let echoes = udp_flow(h.outside(), at(NODE1, 30153), 8)?;
+    assert!(
+        echoes
+            .iter()
+            .all(|e| e.backend == remote && e.peer.ip() == NODE1),
+        "{echoes:?}"
+    );
+    let udp_done = h.xdp()?;
+    assert!(
+        udp_done.forward >= tcp_done.forward + 8 && udp_done.reverse >= tcp_done.reverse + 8,
+        "XDP handled the UDP flow: {tcp_done:?} -> {udp_done:?}"
+    );
+    assert_eq!(udp_done.new_flows, tcp_done.new_flows + 1, "{udp_done:?}");
+
+    // A local backend is tc's: XDP passes it untouched, the client address is kept.
+    for _ in 0..3 {
+        let echo = tcp(h.outside(), at(NODE1, 30182))?;
+        assert_eq!(
+            (echo.backend, echo.peer.ip()),
+            (local, std::net::IpAddr::V4(NodeLab::CLIENT))
+        );
+    }
+    let local_done = h.xdp()?;
+    assert_eq!(
+        (local_done.forward, local_done.reverse, local_done.new_flows),
+        (udp_done.forward, udp_done.reverse, udp_done.new_flows),
+        "local flows are not XDP's"
+    );
+
+    // Reset detaches the XDP program (the kernel releases an unpinned link
+    // asynchronously).
+    h.agent = None;
+    bpffs::remove(&h.pins.bpffs, &node)?;
+    let lab = &h.lab;
+    ferrokube_testkit::wait_for("XDP detached after reset", Duration::from_secs(10), || {
+        Ok((!eth0_has_xdp(lab)?).then_some(()))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn xdp_generic_mode_forwards_remote_flows_needs_root() -> Result<()> {
+    let mut h = Harness::with_xdp(0, 1, XdpMode::Generic)?;
+    assert_eq!(
+        h.agent.as_ref().and_then(|a| a.dataplane().xdp_attached()),
+        Some(XdpMode::Generic)
+    );
+    let remote = h.lab.pod2_addrs[0];
+    h.apply(&service(
+        "xgeneric",
+        "NodePort",
+        "",
+        &[("http", "TCP", 80, 30183), ("dns", "UDP", 53, 30154)],
+        &[(remote, "other-node", "ready")],
+    ))?;
+    let echo = tcp(h.outside(), at(NODE1, 30183))?;
+    assert_eq!(
+        (echo.backend, echo.peer.ip()),
+        (remote, std::net::IpAddr::V4(NODE1))
+    );
+    let echoes = udp_flow(h.outside(), at(NODE1, 30154), 4)?;
+    assert!(echoes.iter().all(|e| e.backend == remote));
+    let counters = h.xdp()?;
+    assert!(
+        counters.forward >= 3 + 3 && counters.reverse >= 3 + 4,
+        "{counters:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn xdp_restart_adopts_the_link_and_keeps_an_established_remote_flow_needs_root() -> Result<()> {
+    let mut h = Harness::with_xdp(0, 1, XdpMode::Native)?;
+    let remote = h.lab.pod2_addrs[0];
+    let yaml = service(
+        "xrestart",
+        "NodePort",
+        "",
+        &[("http", "TCP", 80, 30184)],
+        &[(remote, "other-node", "ready")],
+    );
+    h.apply(&yaml)?;
+    let to = at(NODE1, 30184);
+    let (go, open) = open_connection(h.outside(), to);
+    ferrokube_testkit::wait_for("the connection", Duration::from_secs(5), || {
+        Ok(h.list()?.contains("translated 1 ").then_some(()))
+    })?;
+    h.agent = None;
+    let agent = start_in(&h.lab.node1, &h.config)?;
+    assert_eq!(
+        agent.dataplane().adopted_links(),
+        7,
+        "4 cgroup + 2 tc + 1 XDP links"
+    );
+    assert_eq!(
+        agent.dataplane().xdp_attached(),
+        None,
+        "adopted, not attached again"
+    );
+    h.agent = Some(agent);
+    let stats = h.apply(&yaml)?;
+    assert_eq!(stats.total(), 0, "same input, nothing written: {stats:?}");
+    let before = h.xdp()?;
+    go.send(())?;
+    let echo = open
+        .join()
+        .map_err(|_| anyhow::anyhow!("client panicked"))??;
+    assert_eq!(
+        (echo.backend, echo.peer.ip()),
+        (remote, std::net::IpAddr::V4(NODE1)),
+        "the open flow survived"
+    );
+    let after = h.xdp()?;
+    assert!(
+        after.forward > before.forward && after.reverse > before.reverse,
+        "through the adopted XDP link: {before:?} -> {after:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn maglev_gives_each_flow_the_same_backend_on_both_nodes_and_across_restarts_needs_root()
+-> Result<()> {
+    let mut h = Harness::new(2, 2)?;
+    // A second agent, for node 2, on node 2's eth0.
+    let cgroup2 = TestCgroup::new(&unique_name("ferrokube-np2-"))?;
+    let node2 = unique_name("np-node2-");
+    let mut config2 = Config::new(node2.clone(), cgroup2.path());
+    config2.sizes = h.config.sizes;
+    config2.interface = Some(NodeLab::EXTERNAL_IF.into());
+    let pins2 = Pins {
+        bpffs: config2.bpffs.clone(),
+        node: node2.clone(),
+    };
+    let mut agent2 = start_in(&h.lab.node2, &config2)?;
+    let node1 = h.node.clone();
+    let (p1, p2) = (h.lab.pod1_addrs.clone(), h.lab.pod2_addrs.clone());
+    let mut yaml = service(
+        "maglev",
+        "ClusterIP",
+        "  externalIPs: [10.252.0.30]\n",
+        &[("http", "TCP", 80, 0)],
+        &[
+            (p1[0], &node1, "ready"),
+            (p1[1], &node1, "ready"),
+            (p2[0], &node2, "ready"),
+            (p2[1], &node2, "ready"),
+        ],
+    );
+    yaml = yaml.replacen(
+        "metadata: {name: maglev, namespace: default}",
+        "metadata: {name: maglev, namespace: default, annotations: {service.cilium.io/lb-algorithm: maglev}}",
+        1,
+    );
+    h.apply(&yaml)?;
+    agent2.apply(Input::Snapshot(source::parse_objects(&yaml, "test")?))?;
+    let vip = at(Ipv4Addr::new(10, 252, 0, 30), 80);
+    let ports: Vec<u16> = (0..24).map(|i| 41_000 + i * 7).collect();
+    let round = |h: &Harness| -> Result<Vec<Ipv4Addr>> {
+        ports
+            .iter()
+            .map(|port| Ok(tcp_from_port(h.outside(), *port, vip)?.backend))
+            .collect()
+    };
+    // Through node 1 (the lab routes 10.252.0.0/24 there).
+    let via_node1 = round(&h)?;
+    let distinct: std::collections::BTreeSet<_> = via_node1.iter().collect();
+    assert!(
+        distinct.len() >= 3,
+        "flows spread over the backends: {via_node1:?}"
+    );
+    // Each flow again: same backend (the hash, not chance).
+    assert_eq!(round(&h)?, via_node1, "same node, same flows");
+    // Through node 2: its own agent, its own backend ids, its own idea of which backends
+    // are local; the same table, so the same backend per flow.
+    h.lab
+        .outside
+        .ip(&["route", "replace", "10.252.0.0/24", "via", "10.251.0.3"])?;
+    assert_eq!(round(&h)?, via_node1, "node 2 agrees with node 1");
+    // Restart node 1's agent (adopting its maps) and go back through it.
+    h.lab
+        .outside
+        .ip(&["route", "replace", "10.252.0.0/24", "via", "10.251.0.2"])?;
+    h.agent = None;
+    h.agent = Some(start_in(&h.lab.node1, &h.config)?);
+    let stats = h.apply(&yaml)?;
+    assert_eq!(stats.total(), 0, "the table was adopted: {stats:?}");
+    assert_eq!(round(&h)?, via_node1, "after a restart");
+    drop(agent2);
+    drop(pins2);
+    drop(cgroup2);
+    Ok(())
+}
+
+#[test]
+fn events_report_each_new_flow_with_the_program_that_translated_it_needs_root() -> Result<()> {
+    use ferrokube_ebpf_common::event::SOURCE_XDP;
+    use ferrokube_proxy::events::{EventReader, render};
+
+    let mut h = Harness::with_xdp(1, 1, XdpMode::Native)?;
+    let node = h.node.clone();
+    let (local, remote) = (h.lab.pod1_addrs[0], h.lab.pod2_addrs[0]);
+    let mut yaml = service(
+        "evremote",
+        "NodePort",
+        "",
+        &[("http", "TCP", 80, 30191)],
+        &[(remote, "other-node", "ready")],
+    );
+    yaml.push_str("---\n");
+    yaml.push_str(&service(
+        "evlocal",
+        "NodePort",
+        "",
+        &[("dns", "UDP", 53, 30192)],
+        &[(local, &node, "ready")],
+    ));
+    h.apply(&yaml)?;
+    let dir = bpffs::pin_dir(&h.pins.bpffs, &node)?;
+    let mut reader = EventReader::open(&dir)?;
+    reader.drain();
+    let echo = tcp(h.outside(), at(NODE1, 30191))?;
+    assert_eq!(echo.backend, remote);
+    let echo = udp(h.outside(), at(NODE1, 30192))?;
+    assert_eq!(echo.backend, local);
+    let mut events = Vec::new();
+    ferrokube_testkit::wait_for("both events", Duration::from_secs(5), || {
+        events.extend(reader.drain());
+        Ok((events.len() >= 2).then_some(()))
+    })?;
+    let lines: Vec<String> = events.iter().map(render).collect();
+    let client = u32::from_ne_bytes(NodeLab::CLIENT.octets());
+    let xdp = events
+        .iter()
+        .find(|e| e.source == SOURCE_XDP)
+        .with_context(|| format!("no XDP event: {lines:?}"))?;
+    assert_eq!(
+        xdp.backend[0],
+        u32::from_ne_bytes(remote.octets()),
+        "{lines:?}"
+    );
+    assert_eq!(xdp.client[0], client);
+    assert_eq!(u16::from_be(xdp.frontend_port), 30191);
+    // The local flow is picked and recorded by XDP too (then DNATed by tc by its entry).
+    let local_event = events
+        .iter()
+        .find(|e| e.backend[0] == u32::from_ne_bytes(local.octets()))
+        .with_context(|| format!("no event for the local flow: {lines:?}"))?;
+    assert_eq!(local_event.source, SOURCE_XDP, "{lines:?}");
+    assert_eq!(u16::from_be(local_event.frontend_port), 30192);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(" xdp ") && l.contains("10.251.0.1:")),
+        "{lines:?}"
+    );
+    assert_eq!(events.len(), 2, "one event per new flow: {lines:?}");
     Ok(())
 }

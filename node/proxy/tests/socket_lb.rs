@@ -209,9 +209,29 @@ fn tcp_and_udp_reach_every_backend_and_see_the_service_as_peer() -> Result<()> {
     let pods: Vec<String> = (0..3).map(|i| h.pod(i)).collect();
     h.apply_yaml(&yaml(&pods))?;
     let all: BTreeSet<String> = pods.iter().cloned().collect();
+    let mut events = ferrokube_proxy::events::EventReader::open(&bpffs::pin_dir(
+        &h.config.bpffs,
+        &h.config.node,
+    )?)?;
 
     // 30 random picks over 3 backends miss one with probability ~1.5e-5.
     let tcp = h.probe("tcp", "10.96.0.10:80", 30)?;
+    // One connect4 event per connection.
+    let mut seen = Vec::new();
+    ferrokube_testkit::wait_for(
+        "30 connect4 events",
+        std::time::Duration::from_secs(5),
+        || {
+            seen.extend(events.drain());
+            Ok((seen.len() >= 30).then_some(()))
+        },
+    )?;
+    assert_eq!(seen.len(), 30);
+    assert!(seen.iter().all(|e| {
+        e.source == ferrokube_ebpf_common::event::SOURCE_CONNECT4
+            && u16::from_be(e.frontend_port) == 80
+            && e.proto == ferrokube_ebpf_common::PROTO_TCP
+    }));
     assert_eq!(
         replies(&tcp, "10.96.0.10:80")?,
         all,

@@ -118,7 +118,11 @@ impl Lab {
 /// - `node2` (10.251.0.3) and `pods2` (10.244.2.10, ...): the second node, route to node
 ///   1's pods via 10.251.0.2.
 ///
-/// No route leads out of the lab.
+/// No route leads out of the lab. The network's side of each node's `eth0` (`n1`, `n2`
+/// in `outside`) has transmit checksum offload off, so frames reach `eth0` with complete
+/// checksums as from a real wire (see [`Netns::disable_tx_checksum`]). Native XDP on
+/// `eth0` sending with `XDP_TX` also needs an XDP program on that peer (see
+/// [`NodeLab::PEERS`]).
 #[derive(Debug)]
 pub struct NodeLab {
     /// The client side.
@@ -146,6 +150,12 @@ impl NodeLab {
     pub const NODE2: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 3);
     /// Node 1's external interface.
     pub const EXTERNAL_IF: &'static str = "eth0";
+    /// The network's side of node 1's and node 2's `eth0`, in `outside`. A veth delivers
+    /// frames its peer sends with native `XDP_TX` only when it has an XDP program of its
+    /// own (kernel `veth_xdp_flush` schedules the receiving NAPI only then; GRO alone
+    /// leaves them queued until other traffic arrives): tests of native XDP attach a
+    /// pass-through program here.
+    pub const PEERS: [&'static str; 2] = ["n1", "n2"];
 
     /// Builds the lab with `pods1` pod addresses on node 1 and `pods2` on node 2.
     pub fn new(pods1: u8, pods2: u8) -> Result<Self> {
@@ -167,6 +177,9 @@ impl NodeLab {
             let port = format!("n{i}");
             connect(&outside, &port, node, Self::EXTERNAL_IF)?;
             outside.ip(&["link", "set", &port, "master", "br0"])?;
+            // Complete checksums into the node, as from a real wire (see
+            // `Netns::disable_tx_checksum`).
+            outside.disable_tx_checksum(&port)?;
             node.ip(&[
                 "addr",
                 "add",

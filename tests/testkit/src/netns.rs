@@ -76,6 +76,16 @@ impl Netns {
         Ok(())
     }
 
+    /// Turns transmit checksum offload off for a veth in this namespace (`ethtool -K IF
+    /// tx off`): what it sends then carries complete checksums, as on a real wire. A
+    /// veth otherwise passes the sender's partial checksum along (`CHECKSUM_PARTIAL`),
+    /// which native XDP cannot see and a frame it sends with `XDP_TX` loses, so the
+    /// receiver finds a bad checksum and drops it.
+    pub fn disable_tx_checksum(&self, interface: &str) -> Result<()> {
+        let name = interface.to_string();
+        self.run_in(move || ethtool_set(&name, ETHTOOL_STXCSUM, 0))
+    }
+
     /// Runs `f` on a new thread that has entered this namespace (sockets it opens live
     /// there) and returns its result.
     pub fn run_in<T: Send + 'static>(
@@ -141,4 +151,54 @@ fn run(command: &mut Command) -> Result<Output> {
         );
     }
     Ok(out)
+}
+
+const ETHTOOL_STXCSUM: u32 = 0x17;
+
+/// `SIOCETHTOOL` with a set command (`ETHTOOL_S*`, a `struct ethtool_value`) on
+/// `interface` (in the calling thread's namespace).
+#[allow(unsafe_code)]
+fn ethtool_set(interface: &str, cmd: u32, data: u32) -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    use std::os::fd::FromRawFd as _;
+    use std::os::fd::OwnedFd;
+
+    const SIOCETHTOOL: u64 = 0x8946;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        data: *mut EthtoolValue,
+        pad: [u8; 16],
+    }
+    let bytes = interface.as_bytes();
+    if bytes.len() >= 16 {
+        bail!("interface name {interface:?} too long");
+    }
+    let mut value = EthtoolValue { cmd, data };
+    let mut request = IfReq {
+        name: [0; 16],
+        data: &mut value,
+        pad: [0; 16],
+    };
+    request.name[..bytes.len()].copy_from_slice(bytes);
+    // SAFETY: plain socket(2); the descriptor is owned at once.
+    let fd = unsafe { nix::libc::socket(nix::libc::AF_INET, nix::libc::SOCK_DGRAM, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("socket for SIOCETHTOOL");
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `request` is a valid `struct ifreq` pointing at a valid `ethtool_value`,
+    // both alive across the call.
+    let rc = unsafe { nix::libc::ioctl(socket.as_raw_fd(), SIOCETHTOOL as _, &mut request) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("ethtool command {cmd:#x} on {interface}"));
+    }
+    Ok(())
 }

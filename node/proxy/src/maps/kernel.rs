@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use ferrokube_ebpf_common::{Backend, Counters, ServiceKey, ServiceValue, SlotKey, map_names};
 
 use nix::errno::Errno;
@@ -16,6 +16,7 @@ pub struct KernelMaps {
     backends: HashMap<MapData, u32, Backend>,
     service_stats: PerCpuArray<MapData, Counters>,
     backend_stats: PerCpuArray<MapData, Counters>,
+    maglev: Array<MapData, u32>,
     capacity: Capacity,
     nr_cpus: usize,
 }
@@ -38,6 +39,8 @@ pub struct Capacity {
     pub slots: u32,
     /// Backends.
     pub backends: u32,
+    /// Maglev entries (tables times their size).
+    pub maglev: u32,
 }
 
 fn kernel(map: &'static str) -> impl Fn(MapError) -> MapsError {
@@ -53,7 +56,7 @@ fn typed<T: TryFrom<Map, Error = MapError>>(
 
 fn max_entries(map: &Map) -> u32 {
     let data: &MapData = match map {
-        Map::HashMap(d) | Map::PerCpuArray(d) | Map::LruHashMap(d) => d,
+        Map::HashMap(d) | Map::PerCpuArray(d) | Map::LruHashMap(d) | Map::Array(d) => d,
         _ => return 0,
     };
     data.info().map(|info| info.max_entries()).unwrap_or(0)
@@ -74,6 +77,7 @@ impl KernelMaps {
             take(map_names::BACKENDS),
             take(map_names::SERVICE_STATS),
             take(map_names::BACKEND_STATS),
+            take(map_names::MAGLEV),
         )
     }
 
@@ -89,6 +93,7 @@ impl KernelMaps {
             open(map_names::BACKENDS)?,
             open(map_names::SERVICE_STATS)?,
             open(map_names::BACKEND_STATS)?,
+            open(map_names::MAGLEV)?,
         )
     }
 
@@ -98,11 +103,13 @@ impl KernelMaps {
         backends: Option<Map>,
         service_stats: Option<Map>,
         backend_stats: Option<Map>,
+        maglev: Option<Map>,
     ) -> Result<Self, MapsError> {
         let capacity = Capacity {
             services: services.as_ref().map(max_entries).unwrap_or(0),
             slots: slots.as_ref().map(max_entries).unwrap_or(0),
             backends: backends.as_ref().map(max_entries).unwrap_or(0),
+            maglev: maglev.as_ref().map(max_entries).unwrap_or(0),
         };
         let nr_cpus =
             aya::util::nr_cpus().map_err(|(what, e)| MapsError::Cpus(format!("{what}: {e}")))?;
@@ -112,6 +119,7 @@ impl KernelMaps {
             backends: typed(backends, map_names::BACKENDS)?,
             service_stats: typed(service_stats, map_names::SERVICE_STATS)?,
             backend_stats: typed(backend_stats, map_names::BACKEND_STATS)?,
+            maglev: typed(maglev, map_names::MAGLEV)?,
             capacity,
             nr_cpus,
         })
@@ -239,5 +247,22 @@ impl MapOps for KernelMaps {
             .get(&backend_id, 0)
             .map(sum)
             .map_err(kernel(map_names::BACKEND_STATS))
+    }
+    fn put_maglev(&mut self, index: u32, backend_id: u32) -> Result<(), MapsError> {
+        let capacity = self.capacity.maglev;
+        if index >= capacity {
+            return Err(MapsError::Full {
+                map: map_names::MAGLEV,
+                capacity,
+            });
+        }
+        self.maglev
+            .set(index, backend_id, 0)
+            .map_err(kernel(map_names::MAGLEV))
+    }
+    fn maglev_entries(&self, start: u32, len: u32) -> Result<Vec<u32>, MapsError> {
+        (start..start.saturating_add(len))
+            .map(|i| self.maglev.get(&i, 0).map_err(kernel(map_names::MAGLEV)))
+            .collect()
     }
 }

@@ -15,6 +15,8 @@ pub struct MemoryMaps {
     pub slots: BTreeMap<SlotKey, u32>,
     /// Backends.
     pub backends: BTreeMap<u32, Backend>,
+    /// Maglev entries by index (absent: zero).
+    pub maglev: BTreeMap<u32, u32>,
     /// Every operation, in order, as text (for assertions).
     pub log: Vec<String>,
 }
@@ -84,5 +86,14 @@ impl MapOps for MemoryMaps {
     }
     fn backend_counters(&self, _backend_id: u32) -> Result<Counters, MapsError> {
         Ok(Counters::default())
+    }
+    fn put_maglev(&mut self, index: u32, backend_id: u32) -> Result<(), MapsError> {
+        self.maglev.insert(index, backend_id);
+        Ok(())
+    }
+    fn maglev_entries(&self, start: u32, len: u32) -> Result<Vec<u32>, MapsError> {
+        Ok((start..start + len)
+            .map(|i| self.maglev.get(&i).copied().unwrap_or(0))
+            .collect())
     }
 }

@@ -93,6 +93,10 @@ pub trait MapOps {
     fn service_counters(&self, service_id: u32) -> Result<Counters, MapsError>;
     /// A backend's counters summed over CPUs.
     fn backend_counters(&self, backend_id: u32) -> Result<Counters, MapsError>;
+    /// Writes entry `index` of the Maglev tables (table `t`, position `p`: `t * M + p`).
+    fn put_maglev(&mut self, index: u32, backend_id: u32) -> Result<(), MapsError>;
+    /// Reads `len` Maglev entries from `start` (one table).
+    fn maglev_entries(&self, start: u32, len: u32) -> Result<Vec<u32>, MapsError>;
 }
 
 fn addr_words(ip: IpAddr) -> ([u32; 4], u8) {

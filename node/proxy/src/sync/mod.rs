@@ -10,18 +10,26 @@
 //! Writes are ordered so the programs never see a dangling reference: backends before the
 //! slots that name them, slots before the count that exposes them, the count before the
 //! slots it stops exposing, and those before the backends they named.
+//!
+//! External frontends balanced by Maglev ([`LbAlgorithm::Maglev`], per Service by the
+//! `service.cilium.io/lb-algorithm` annotation, else [`Limits::lb_algorithm`]) also own
+//! a lookup table, recomputed only when their set of backends changes and written entry
+//! by entry where it differs (before the frontend exposes new backends through it).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use std::net::Ipv4Addr;
 
-use ferrokube_ebpf_common::{SERVICE_EXTERNAL, ServiceValue, SlotKey};
+use ferrokube_ebpf_common::{SERVICE_EXTERNAL, SERVICE_MAGLEV, ServiceValue, SlotKey, maglev};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tracing::{debug, warn};
 
+use crate::maglev::table_of_ids;
 use crate::maps::{MapOps, MapsError};
-use crate::model::{BackendAddr, Change, Desired, Frontend, FrontendSpec, ObjectRef, Objects};
+use crate::model::{
+    BackendAddr, Change, Desired, Frontend, FrontendSpec, LbAlgorithm, ObjectRef, Objects,
+};
 
 /// Errors applying desired state.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +62,8 @@ pub struct ApplyStats {
     pub backend_writes: usize,
     /// Backend entries removed.
     pub backend_deletes: usize,
+    /// Maglev lookup-table entries written.
+    pub maglev_writes: usize,
 }
 
 impl ApplyStats {
@@ -65,6 +75,7 @@ impl ApplyStats {
             + self.slot_deletes
             + self.backend_writes
             + self.backend_deletes
+            + self.maglev_writes
     }
 
     fn add(&mut self, other: ApplyStats) {
@@ -74,6 +85,7 @@ impl ApplyStats {
         self.slot_deletes += other.slot_deletes;
         self.backend_writes += other.backend_writes;
         self.backend_deletes += other.backend_deletes;
+        self.maglev_writes += other.maglev_writes;
     }
 }
 
@@ -146,6 +158,9 @@ struct Applied {
     slots: Vec<u32>,
     affinity_timeout: u32,
     flags: u32,
+    /// A Maglev frontend's table number and what the table holds (backend ids; empty:
+    /// not written, or not trusted).
+    maglev: Option<(u32, Vec<u32>)>,
 }
 
 /// Map sizes the sync layer allocates ids within.
@@ -155,6 +170,12 @@ pub struct Limits {
     pub max_services: u32,
     /// Backends (backend ids `1..=max_backends`).
     pub max_backends: u32,
+    /// Maglev tables (table numbers `1..=maglev_tables`; the map holds one more).
+    pub maglev_tables: u32,
+    /// Maglev table size `M` (a prime).
+    pub maglev_size: u16,
+    /// How external frontends pick backends unless their Service says otherwise.
+    pub lb_algorithm: LbAlgorithm,
 }
 
 impl Default for Limits {
@@ -162,6 +183,9 @@ impl Default for Limits {
         Self {
             max_services: ferrokube_ebpf_common::sizes::MAX_SERVICES,
             max_backends: ferrokube_ebpf_common::sizes::MAX_BACKENDS,
+            maglev_tables: ferrokube_ebpf_common::maglev::DEFAULT_TABLES,
+            maglev_size: ferrokube_ebpf_common::maglev::DEFAULT_SIZE,
+            lb_algorithm: LbAlgorithm::Random,
         }
     }
 }
@@ -178,6 +202,7 @@ pub struct Syncer<M> {
     backend_refs: HashMap<u32, (BackendAddr, usize)>,
     service_ids: Ids,
     backend_id_pool: Ids,
+    maglev_tables: Ids,
     limits: Limits,
     /// Backends removed from the maps since [`Syncer::take_removed_backends`].
     removed: Vec<BackendAddr>,
@@ -198,6 +223,7 @@ impl<M: MapOps> Syncer<M> {
             backend_refs: HashMap::new(),
             service_ids: Ids::new("service", limits.max_services),
             backend_id_pool: Ids::new("backend", limits.max_backends),
+            maglev_tables: Ids::new("Maglev table", limits.maglev_tables),
             limits,
             removed: Vec::new(),
         };
@@ -213,6 +239,8 @@ impl<M: MapOps> Syncer<M> {
         let state = maps.dump()?;
         let mut applied = HashMap::new();
         let mut used_service_ids = BTreeSet::new();
+        let mut used_tables = BTreeSet::new();
+        let size = u32::from(limits.maglev_size);
         let slots: BTreeMap<SlotKey, u32> = state.slots.iter().copied().collect();
         let backends: HashMap<u32, BackendAddr> = state
             .backends
@@ -256,6 +284,21 @@ impl<M: MapOps> Syncer<M> {
                 }
             }
             used_service_ids.insert(value.service_id);
+            let maglev = if value.flags & SERVICE_MAGLEV != 0 {
+                let table = maglev::table_of(value.flags);
+                used_tables.insert(table);
+                let mut entries = maps.maglev_entries(table * size, size)?;
+                let ids: BTreeSet<u32> = list.iter().copied().collect();
+                // Trusted only when every entry names one of the frontend's backends
+                // (and every backend appears): else rewritten on the next apply.
+                let named: BTreeSet<u32> = entries.iter().copied().collect();
+                if list.is_empty() || named != ids {
+                    entries.clear();
+                }
+                Some((table, entries))
+            } else {
+                None
+            };
             applied.insert(
                 frontend,
                 Applied {
@@ -263,6 +306,7 @@ impl<M: MapOps> Syncer<M> {
                     slots: list,
                     affinity_timeout: value.affinity_timeout,
                     flags: value.flags,
+                    maglev,
                 },
             );
         }
@@ -281,6 +325,8 @@ impl<M: MapOps> Syncer<M> {
         service_ids.adopt(&used_service_ids);
         let mut backend_id_pool = Ids::new("backend", limits.max_backends);
         backend_id_pool.adopt(&backend_refs.keys().copied().collect());
+        let mut maglev_tables = Ids::new("Maglev table", limits.maglev_tables);
+        maglev_tables.adopt(&used_tables);
         debug!(
             frontends = applied.len(),
             backends = backend_ids.len(),
@@ -291,6 +337,7 @@ impl<M: MapOps> Syncer<M> {
         self.backend_refs = backend_refs;
         self.service_ids = service_ids;
         self.backend_id_pool = backend_id_pool;
+        self.maglev_tables = maglev_tables;
         Ok(())
     }
 
@@ -474,9 +521,24 @@ impl<M: MapOps> Syncer<M> {
         };
         let old_affinity = existing.as_ref().map(|a| a.affinity_timeout).unwrap_or(0);
         let old_flags = existing.as_ref().map(|a| a.flags).unwrap_or(0);
-        let flags = if spec.external { SERVICE_EXTERNAL } else { 0 };
+        let old_maglev = existing.as_ref().and_then(|a| a.maglev.clone());
+        let use_maglev = spec.external
+            && self.limits.maglev_size > 0
+            && spec.lb_algorithm.unwrap_or(self.limits.lb_algorithm) == LbAlgorithm::Maglev;
+        let maglev = match (use_maglev, &old_maglev) {
+            (false, _) => None,
+            (true, Some((table, entries))) => Some((*table, entries.clone())),
+            (true, None) => Some((self.maglev_tables.allocate()?, Vec::new())),
+        };
+        let mut flags = if spec.external { SERVICE_EXTERNAL } else { 0 };
+        if let Some((table, _)) = &maglev {
+            flags |= SERVICE_MAGLEV | (table << maglev::TABLE_SHIFT);
+        }
         let value_changed = old_affinity != spec.affinity_timeout || old_flags != flags;
-        if !is_new && old_slots == new_slots && !value_changed {
+        let maglev_stale = maglev
+            .as_ref()
+            .is_some_and(|(_, entries)| entries.is_empty() != new_slots.is_empty());
+        if !is_new && old_slots == new_slots && !value_changed && !maglev_stale {
             // Nothing changed; the backend ids were all known.
             return Ok(stats);
         }
@@ -497,6 +559,19 @@ impl<M: MapOps> Syncer<M> {
                 )?;
                 stats.slot_writes += 1;
             }
+        }
+        // The Maglev table before the frontend names it (or names new backends in it).
+        let maglev = match maglev {
+            Some((table, entries)) => Some((
+                table,
+                self.write_maglev(table, &entries, &new_slots, &mut stats)?,
+            )),
+            None => None,
+        };
+        if let Some((table, _)) = &old_maglev
+            && maglev.is_none()
+        {
+            self.maglev_tables.release(*table);
         }
         if is_new || old_slots.len() != new_slots.len() || value_changed {
             self.maps.put_service(
@@ -524,10 +599,45 @@ impl<M: MapOps> Syncer<M> {
                 slots: new_slots,
                 affinity_timeout: spec.affinity_timeout,
                 flags,
+                maglev,
             },
         );
         self.release_backends(old_slots, &mut stats)?;
         Ok(stats)
+    }
+
+    /// Brings Maglev table `table` (holding `old`, empty: unknown) to the table of the
+    /// backends `slots`, writing only the entries that differ; returns the new contents.
+    /// Kept as it is when the backends did not change (no recomputation).
+    fn write_maglev(
+        &mut self,
+        table: u32,
+        old: &[u32],
+        slots: &[u32],
+        stats: &mut ApplyStats,
+    ) -> Result<Vec<u32>, SyncError> {
+        if slots.is_empty() {
+            // No backend: the kernel refuses before looking at the table.
+            return Ok(Vec::new());
+        }
+        let wanted: BTreeSet<u32> = slots.iter().copied().collect();
+        if !old.is_empty() && old.iter().copied().collect::<BTreeSet<u32>>() == wanted {
+            return Ok(old.to_vec());
+        }
+        let backends: Vec<(BackendAddr, u32)> = wanted
+            .iter()
+            .filter_map(|id| Some((self.backend_refs.get(id)?.0, *id)))
+            .collect();
+        let size = u32::from(self.limits.maglev_size);
+        let new = table_of_ids(&backends, size);
+        let start = table * size;
+        for (i, id) in new.iter().enumerate() {
+            if old.get(i) != Some(id) {
+                self.maps.put_maglev(start + i as u32, *id)?;
+                stats.maglev_writes += 1;
+            }
+        }
+        Ok(new)
     }
 
     fn remove(&mut self, frontend: Frontend) -> Result<ApplyStats, SyncError> {
@@ -545,6 +655,9 @@ impl<M: MapOps> Syncer<M> {
             stats.slot_deletes += 1;
         }
         self.service_ids.release(applied.service_id);
+        if let Some((table, _)) = applied.maglev {
+            self.maglev_tables.release(table);
+        }
         self.release_backends(applied.slots, &mut stats)?;
         Ok(stats)
     }

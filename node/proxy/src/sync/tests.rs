@@ -509,3 +509,126 @@ fn session_affinity_is_part_of_the_frontend() {
     let (_, value) = s.maps().services.values().next().copied().unwrap();
     assert_eq!(value.affinity_timeout, 60);
 }
+
+/// A Service with an external IP and `n` endpoints 10.0.2.1.., annotated for `algorithm`.
+fn external(algorithm: Option<&str>, n: u8) -> Vec<Object> {
+    let Object::Service(mut svc) = service("lb", "10.96.0.80", &[("http", 80, "TCP")]) else {
+        unreachable!()
+    };
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.external_ips = Some(vec!["10.252.0.80".into()]);
+    }
+    if let Some(algorithm) = algorithm {
+        svc.metadata.annotations = Some(BTreeMap::from([(
+            crate::model::LB_ALGORITHM_ANNOTATION.into(),
+            algorithm.into(),
+        )]));
+    }
+    let ips: Vec<String> = (1..=n).map(|i| format!("10.0.2.{i}")).collect();
+    let endpoints: Vec<(&str, bool)> = ips.iter().map(|ip| (ip.as_str(), true)).collect();
+    vec![
+        Object::Service(svc),
+        slice("lb", "lb-1", ("http", 8080, "TCP"), &endpoints),
+    ]
+}
+
+fn small_maglev() -> Limits {
+    Limits {
+        maglev_size: 251,
+        maglev_tables: 4,
+        ..Limits::default()
+    }
+}
+
+#[test]
+fn maglev_frontends_get_a_table_written_only_where_it_changes() {
+    let mut s = Syncer::adopt(MemoryMaps::default(), "node-a", small_maglev()).unwrap();
+    let first = s
+        .apply(Input::Snapshot(external(Some("maglev"), 10)))
+        .unwrap();
+    // One table for the external frontend; the ClusterIP stays random (socket LB).
+    assert_eq!(first.maglev_writes, 251);
+    let flags: Vec<u32> = s.maps().services.values().map(|(_, v)| v.flags).collect();
+    assert_eq!(
+        flags.iter().filter(|f| **f & SERVICE_MAGLEV != 0).count(),
+        1,
+        "{flags:?}"
+    );
+    let table = flags
+        .iter()
+        .find(|f| **f & SERVICE_MAGLEV != 0)
+        .map(|f| maglev::table_of(*f))
+        .unwrap();
+    assert!((1..=4).contains(&table));
+    let entries = s.maps().maglev_entries(table * 251, 251).unwrap();
+    assert!(entries.iter().all(|id| *id != 0));
+
+    // An unrelated Service: no table work.
+    let mut more = external(Some("maglev"), 10);
+    more.extend(base());
+    let stats = s.apply(Input::Snapshot(more.clone())).unwrap();
+    assert_eq!(stats.maglev_writes, 0);
+
+    // One of 10 backends leaves: its 25 entries and a few more are rewritten (the small
+    // table here, 25 per backend, moves more than the ~1/N of a full-size one; see
+    // `maglev::tests`).
+    let mut fewer = external(Some("maglev"), 9);
+    fewer.extend(base());
+    let stats = s.apply(Input::Snapshot(fewer.clone())).unwrap();
+    assert!(
+        (25..=60).contains(&stats.maglev_writes),
+        "{} entries rewritten",
+        stats.maglev_writes
+    );
+    let after = s.maps().maglev_entries(table * 251, 251).unwrap();
+    let moved = entries.iter().zip(&after).filter(|(a, b)| a != b).count();
+    assert_eq!(moved, stats.maglev_writes);
+
+    // A restart adopts the table: the same input writes nothing.
+    let maps = s.maps().clone();
+    let mut restarted = Syncer::adopt(maps, "node-a", small_maglev()).unwrap();
+    assert_eq!(
+        restarted.apply(Input::Snapshot(fewer)).unwrap(),
+        ApplyStats::default()
+    );
+}
+
+#[test]
+fn the_node_default_applies_unless_the_service_says_otherwise() {
+    let maglev_default = Limits {
+        lb_algorithm: LbAlgorithm::Maglev,
+        ..small_maglev()
+    };
+    let mut s = Syncer::adopt(MemoryMaps::default(), "node-a", maglev_default).unwrap();
+    assert_eq!(
+        s.apply(Input::Snapshot(external(None, 3)))
+            .unwrap()
+            .maglev_writes,
+        251
+    );
+    // Annotated random: the table goes (its number is freed), the frontend is random.
+    let stats = s
+        .apply(Input::Snapshot(external(Some("random"), 3)))
+        .unwrap();
+    assert_eq!((stats.maglev_writes, stats.service_writes), (0, 1));
+    assert!(
+        s.maps()
+            .services
+            .values()
+            .all(|(_, v)| v.flags & SERVICE_MAGLEV == 0)
+    );
+    // And a random default with a maglev annotation.
+    let mut s = Syncer::adopt(MemoryMaps::default(), "node-a", small_maglev()).unwrap();
+    assert_eq!(
+        s.apply(Input::Snapshot(external(None, 3)))
+            .unwrap()
+            .maglev_writes,
+        0
+    );
+    assert_eq!(
+        s.apply(Input::Snapshot(external(Some("maglev"), 3)))
+            .unwrap()
+            .maglev_writes,
+        251
+    );
+}
