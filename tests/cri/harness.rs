@@ -430,7 +430,9 @@ impl Lab {
         command
     }
 
-    /// The runtime daemon's PID (ours or containerd).
+    /// The runtime daemon's PID (ours or containerd); `benches/runtime.rs` samples its
+    /// memory (the suite itself does not use it).
+    #[allow(dead_code)]
     pub fn daemon_pid(&self) -> u32 {
         self.child.id()
     }
