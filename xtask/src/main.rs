@@ -7,8 +7,10 @@
 //! - `bench api`: the apiserver on both stores;
 //! - `bench cni`: pod ADD+DEL through our CNI plugin against the reference plugins;
 //! - `bench runtime`: pod + container lifecycle through CRI, ours against containerd;
-//! - `bench dataplane`: Service programming time, ferrokube's maps against kube-proxy's
-//!   iptables layout (needs root);
+//! - `bench dataplane`: at each size (1, 1k, 10k, 30k Services by default), Service
+//!   programming time and traffic (short connections, requests on established ones):
+//!   ferrokube's socket LB and tc path against kube-proxy's iptables and nftables layouts
+//!   and a direct connection, one table and `target/bench/dataplane.json` (needs root);
 //! - `bench tcpath`: traffic through the tc NodePort path against a direct connection and
 //!   iptables DNAT (needs root).
 
@@ -71,11 +73,26 @@ enum Bench {
         #[arg(long, default_value_t = 200)]
         pods: usize,
     },
-    /// Time to program N Services (and one change): eBPF maps vs iptables-restore.
+    /// At N Services: programming time (and one change), eBPF maps vs iptables-restore,
+    /// then short-connection and request rates through the socket LB, the tc path,
+    /// iptables, nftables and direct. Writes target/bench/dataplane.json.
     Dataplane {
         /// Service counts, comma-separated.
         #[arg(long, default_value = "1,1000,10000,30000")]
         sizes: String,
+        /// Seconds per traffic point.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        /// Client threads.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        /// A kube-proxy rules load (iptables-restore, nft -f) slower than this is killed
+        /// and its column says so.
+        #[arg(long, default_value_t = 180)]
+        iptables_timeout: u64,
+        /// Skip the programming part (c).
+        #[arg(long)]
+        traffic_only: bool,
     },
     /// Traffic through the tc NodePort path vs a direct connection and iptables DNAT.
     Tcpath {
@@ -107,6 +124,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "containernetworking-plugins",
         "the CNI spec tests also run against the reference bridge + host-local plugins, \
          and `ferrokube cni install` puts the reference loopback plugin first",
+    ),
+    (
+        "nftables",
+        "`bench dataplane` measures kube-proxy's nftables-mode layout, loaded with `nft -f`",
     ),
     (
         "containerd",
@@ -450,7 +471,12 @@ fn test() -> Result<()> {
 
 /// Runs `cargo bench -p PACKAGE --bench NAME -- --out target/bench/NAME.json ARGS...`.
 fn cargo_bench(package: &str, name: &str, args: &[String]) -> Result<()> {
-    let out = root().join(format!("target/bench/{name}.json"));
+    cargo_bench_to(package, name, name, args)
+}
+
+/// Runs bench NAME with `--out target/bench/OUT.json`.
+fn cargo_bench_to(package: &str, name: &str, out: &str, args: &[String]) -> Result<()> {
+    let out = root().join(format!("target/bench/{out}.json"));
     let mut command = cargo();
     command
         .args(["bench", "--locked", "-p", package, "--bench", name, "--"])
@@ -481,8 +507,45 @@ fn bench(which: Bench) -> Result<()> {
             "runtime",
             &["--rounds".into(), rounds.to_string()],
         ),
-        Bench::Dataplane { sizes } => {
-            cargo_bench("ferrokube-proxy", "dataplane", &["--sizes".into(), sizes])
+        Bench::Dataplane {
+            sizes,
+            seconds,
+            threads,
+            iptables_timeout,
+            traffic_only,
+        } => {
+            let timeout = iptables_timeout.to_string();
+            if traffic_only {
+                // Start from an empty file: no stale programming rows.
+                let _ = std::fs::remove_file(root().join("target/bench/dataplane.json"));
+            } else {
+                // (c) first: it writes the file the traffic part adds to.
+                cargo_bench(
+                    "ferrokube-proxy",
+                    "dataplane",
+                    &[
+                        "--sizes".into(),
+                        sizes.clone(),
+                        "--iptables-timeout".into(),
+                        timeout.clone(),
+                    ],
+                )?;
+            }
+            cargo_bench_to(
+                "ferrokube-proxy",
+                "traffic",
+                "dataplane",
+                &[
+                    "--sizes".into(),
+                    sizes,
+                    "--seconds".into(),
+                    seconds.to_string(),
+                    "--threads".into(),
+                    threads.to_string(),
+                    "--iptables-timeout".into(),
+                    timeout,
+                ],
+            )
         }
         Bench::Tcpath { seconds } => cargo_bench(
             "ferrokube-proxy",
