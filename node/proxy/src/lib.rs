@@ -11,13 +11,15 @@
 //! - [`source`]: inputs (a YAML file, or the apiserver through kube-rs);
 //! - [`sockets`]: destroying the sockets sent to backends that are gone;
 //! - [`agent`]: all of the above, driven by a stream;
-//! - [`list`]: what `ferrokube proxy list` prints.
+//! - [`list`]: what `ferrokube proxy list` prints;
+//! - [`metrics`]: Prometheus text for `/metrics` (full maps, entries per map).
 
 pub mod agent;
 pub mod bpffs;
 pub mod list;
 pub mod loader;
 pub mod maps;
+pub mod metrics;
 pub mod model;
 pub mod sockets;
 pub mod source;

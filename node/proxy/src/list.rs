@@ -62,6 +62,8 @@ pub struct NodeReport {
     pub node: String,
     /// Its frontends.
     pub frontends: Vec<FrontendReport>,
+    /// Each map's entries and size: `(name, entries, capacity)`.
+    pub maps: Vec<(&'static str, usize, u32)>,
 }
 
 /// Reads the frontends of one node (or of every node with pins when `node` is `None`).
@@ -85,7 +87,30 @@ pub fn list(bpffs: &Path, node: Option<&str>) -> Result<Vec<NodeReport>, ListErr
             Err(e) => return Err(maps_error(e)),
         };
         let frontends = report(&maps).map_err(maps_error)?;
-        out.push(NodeReport { node, frontends });
+        let state = maps.dump().map_err(maps_error)?;
+        let capacity = maps.capacity();
+        let usage = vec![
+            (
+                ferrokube_ebpf_common::map_names::SERVICES,
+                state.services.len(),
+                capacity.services,
+            ),
+            (
+                ferrokube_ebpf_common::map_names::SLOTS,
+                state.slots.len(),
+                capacity.slots,
+            ),
+            (
+                ferrokube_ebpf_common::map_names::BACKENDS,
+                state.backends.len(),
+                capacity.backends,
+            ),
+        ];
+        out.push(NodeReport {
+            node,
+            frontends,
+            maps: usage,
+        });
     }
     Ok(out)
 }
@@ -139,6 +164,21 @@ pub fn render(reports: &[NodeReport]) -> String {
             node.node,
             node.frontends.len()
         );
+        let maps: Vec<String> = node
+            .maps
+            .iter()
+            .map(|(name, entries, capacity)| {
+                let full = if *entries as u64 >= u64::from(*capacity) {
+                    " FULL"
+                } else {
+                    ""
+                };
+                format!("{name} {entries}/{capacity}{full}")
+            })
+            .collect();
+        if !maps.is_empty() {
+            let _ = writeln!(out, "  maps: {}", maps.join(", "));
+        }
         for f in &node.frontends {
             let _ = writeln!(
                 out,
