@@ -11,6 +11,9 @@
 //!   programming time and traffic (short connections, requests on established ones):
 //!   ferrokube's socket LB and tc path against kube-proxy's iptables and nftables layouts
 //!   and a direct connection, one table and `target/bench/dataplane.json` (needs root);
+//! - `lab up|down|status`: a persistent `NodeLab` (network namespaces only, no route out)
+//!   to run `ferrokube proxy --interface eth0` in by hand; `down` deletes exactly the
+//!   namespaces `up` recorded in `target/lab/state` (needs root);
 //! - `bench tcpath`: traffic through the tc NodePort path against a direct connection and
 //!   iptables DNAT (needs root).
 
@@ -39,10 +42,43 @@ enum Task {
     },
     /// Set up, then run everything CI runs.
     Test,
+    /// A persistent lab (outside client, two nodes, their pods) of network namespaces.
+    Lab {
+        #[command(subcommand)]
+        action: LabAction,
+    },
     /// Run a benchmark and write its JSON under target/bench/.
     Bench {
         #[command(subcommand)]
         which: Bench,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LabAction {
+    /// Build the lab and record it; it stays until `lab down`.
+    Up {
+        /// Pod addresses on node 1.
+        #[arg(long, default_value_t = 2)]
+        pods1: u8,
+        /// Pod addresses on node 2.
+        #[arg(long, default_value_t = 1)]
+        pods2: u8,
+        /// Where the lab is recorded.
+        #[arg(long, default_value = "target/lab/state")]
+        state: PathBuf,
+    },
+    /// Delete the namespaces `up` recorded (and every link inside them).
+    Down {
+        /// Where the lab is recorded.
+        #[arg(long, default_value = "target/lab/state")]
+        state: PathBuf,
+    },
+    /// Show the recorded lab and whether each namespace still exists.
+    Status {
+        /// Where the lab is recorded.
+        #[arg(long, default_value = "target/lab/state")]
+        state: PathBuf,
     },
 }
 
@@ -561,5 +597,127 @@ fn main() -> Result<()> {
         Task::Up { args } => up(&args),
         Task::Test => test(),
         Task::Bench { which } => bench(which),
+        Task::Lab { action } => lab(action),
+    }
+}
+
+/// Relative state paths are under the workspace root.
+fn state_path(state: &Path) -> PathBuf {
+    if state.is_absolute() {
+        state.to_path_buf()
+    } else {
+        root().join(state)
+    }
+}
+
+/// The recorded lab: `role name` lines.
+fn read_state(state: &Path) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(state)
+        .with_context(|| format!("no lab recorded in {}", state.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let (role, name) = l
+                .split_once(' ')
+                .with_context(|| format!("bad line {l:?} in {}", state.display()))?;
+            Ok((role.to_string(), name.to_string()))
+        })
+        .collect()
+}
+
+fn lab(action: LabAction) -> Result<()> {
+    use ferrokube_testkit::netlab::NodeLab;
+    match action {
+        LabAction::Up {
+            pods1,
+            pods2,
+            state,
+        } => {
+            let state = state_path(&state);
+            if state.exists() {
+                bail!(
+                    "a lab is already recorded in {} (`cargo xtask lab down` first)",
+                    state.display()
+                );
+            }
+            if let Some(dir) = state.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let lab = NodeLab::new(pods1, pods2)?;
+            let (pod1, pod2) = (lab.pod1_addrs.clone(), lab.pod2_addrs.clone());
+            // Recorded before it is kept: a failed write drops (deletes) the lab.
+            let names = [
+                ("outside", lab.outside.name()),
+                ("node1", lab.node1.name()),
+                ("pods1", lab.pods1.name()),
+                ("node2", lab.node2.name()),
+                ("pods2", lab.pods2.name()),
+            ]
+            .map(|(role, name)| format!("{role} {name}\n"))
+            .concat();
+            std::fs::write(&state, names)
+                .with_context(|| format!("recording the lab in {}", state.display()))?;
+            let kept = lab.persist();
+            let ns = |role: &str| {
+                kept.iter()
+                    .find(|(r, _)| *r == role)
+                    .map(|(_, n)| n.clone())
+                    .unwrap_or_default()
+            };
+            println!("lab up (recorded in {}):", state.display());
+            for (role, name) in &kept {
+                println!("  {role:<8} /run/netns/{name}");
+            }
+            println!(
+                "outside client 10.251.0.1 (bridge br0; routes 10.252.0.0/24 via node 1), \
+                 node1 eth0 10.251.0.2, node2 eth0 10.251.0.3"
+            );
+            println!("node 1 pods: {pod1:?}; node 2 pods: {pod2:?}");
+            println!("enter a namespace:  nsenter --net=/run/netns/{}", ns("outside"));
+            println!(
+                "run the proxy on node 1 (pins under the node name, tc on eth0):\n  \
+                 nsenter --net=/run/netns/{} target/debug/ferrokube proxy --node lab-node1 \
+                 --from-file services.yaml --interface eth0 --cgroup /sys/fs/cgroup/unified/<a cgroup of yours>",
+                ns("node1")
+            );
+            println!("remove it: cargo xtask lab down (then `ferrokube proxy reset --node lab-node1`)");
+            Ok(())
+        }
+        LabAction::Down { state } => {
+            let state = state_path(&state);
+            let recorded = read_state(&state)?;
+            let mut failed = Vec::new();
+            for (role, name) in &recorded {
+                if !Path::new("/run/netns").join(name).exists() {
+                    println!("{role}: {name} already gone");
+                    continue;
+                }
+                match ferrokube_testkit::netns::delete_named(name) {
+                    Ok(()) => println!("{role}: deleted {name}"),
+                    Err(e) => failed.push(format!("{name}: {e:#}")),
+                }
+            }
+            if !failed.is_empty() {
+                bail!("could not delete: {}", failed.join("; "));
+            }
+            std::fs::remove_file(&state)?;
+            println!("lab down");
+            Ok(())
+        }
+        LabAction::Status { state } => {
+            let state = state_path(&state);
+            if !state.exists() {
+                println!("no lab recorded in {}", state.display());
+                return Ok(());
+            }
+            for (role, name) in read_state(&state)? {
+                let here = Path::new("/run/netns").join(&name).exists();
+                println!(
+                    "{role:<8} {name} {}",
+                    if here { "present" } else { "MISSING" }
+                );
+            }
+            Ok(())
+        }
     }
 }
