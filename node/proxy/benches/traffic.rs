@@ -46,11 +46,13 @@ use ferrokube_testkit::netns::{Netns, enter_current_thread};
 
 const PORT: u16 = 8080;
 
-/// Answers every request on a connection until the client closes it: accept threads on
-/// one listener (all backend addresses) in the pods namespace.
+/// Answers every request on a connection until the client closes it: threads blocked
+/// in `accept` on one listener (all backend addresses) in the pods namespace (blocking, so
+/// idle server threads cost no CPU; drop wakes them with one connection each).
 struct Servers {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    netns: PathBuf,
 }
 
 impl Servers {
@@ -60,9 +62,7 @@ impl Servers {
         let path = netns.to_path_buf();
         std::thread::spawn(move || {
             let listener = enter_current_thread(&path).and_then(|()| {
-                let l = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], PORT)))?;
-                l.set_nonblocking(true)?;
-                Ok(l)
+                Ok(TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], PORT)))?)
             });
             let _ = tx.send(listener);
         })
@@ -75,10 +75,8 @@ impl Servers {
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         let Ok((mut stream, _)) = listener.accept() else {
-                            std::thread::sleep(Duration::from_micros(200));
                             continue;
                         };
-                        let _ = stream.set_nonblocking(false);
                         let _ = stream.set_nodelay(true);
                         let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
                         let mut buf = [0u8; 64];
@@ -103,17 +101,84 @@ impl Servers {
                 })
             })
             .collect();
-        Ok(Self { stop, threads })
+        Ok(Self {
+            stop,
+            threads,
+            netns: netns.to_path_buf(),
+        })
     }
 }
 
 impl Drop for Servers {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // One connection per thread blocked in accept, from inside the namespace.
+        let (netns, n) = (self.netns.clone(), self.threads.len());
+        let _ = std::thread::spawn(move || {
+            if enter_current_thread(&netns).is_ok() {
+                let to = SocketAddr::from(([127, 0, 0, 1], PORT));
+                let held: Vec<_> = (0..n)
+                    .filter_map(|_| {
+                        std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1)).ok()
+                    })
+                    .collect();
+                drop(held);
+            }
+        })
+        .join();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
+}
+
+/// A client/pods lab with the servers running: the socket LB, iptables, nftables and
+/// direct columns each get a fresh one per size, so no column inherits another's
+/// TIME_WAIT sockets or conntrack entries (reused client ports against a previous
+/// column's conntrack entries to the same backends made iptables' DNAT collide and
+/// retransmit SYNs: ~330 connections/s instead of thousands).
+struct ClientLab {
+    _servers: Servers,
+    lab: Lab,
+}
+
+impl ClientLab {
+    fn new() -> Result<Self> {
+        let lab = Lab::new(BACKENDS as u8)?;
+        // kube-proxy's NAT happens after the route lookup for the Service address, so
+        // the client needs a route for the Service range; it points into the lab's own
+        // veth (the socket load balancer rewrites before any lookup and needs none).
+        lab.client
+            .ip(&["route", "add", "10.96.0.0/12", "dev", "v0"])
+            .context("routing the Service range inside the lab")?;
+        client_sysctls(&lab.client)?;
+        let servers = Servers::start(&lab.pods.path(), 16)?;
+        Ok(Self {
+            _servers: servers,
+            lab,
+        })
+    }
+
+    fn client(&self) -> &Netns {
+        &self.lab.client
+    }
+}
+
+/// A client namespace that opens thousands of connections per second to one address:
+/// the whole port range, and TIME_WAIT ports reused for new connections. Without it,
+/// connect() runs out of the ~14k even ports it prefers after ~2 s at 7k/s to one
+/// destination and every column through a single Service address flattens at ~7.1k
+/// connections/s (the socket LB, whose sockets see 10 backend addresses, did not).
+fn client_sysctls(ns: &Netns) -> Result<()> {
+    ns.run_in(|| {
+        for (knob, value) in [
+            ("/proc/sys/net/ipv4/ip_local_port_range", "1024 65535"),
+            ("/proc/sys/net/ipv4/tcp_tw_reuse", "1"),
+        ] {
+            std::fs::write(knob, value).with_context(|| format!("writing {knob}"))?;
+        }
+        Ok(())
+    })
 }
 
 struct Pins(Config);
@@ -207,19 +272,6 @@ fn nft(netns: &Netns, rules: &str, limit: Duration) -> Result<Result<Duration, S
         .arg(format!("--net={}", netns.path().display()))
         .args(["nft", "-f", "-"]);
     common::timed(command, "nft", rules, limit)
-}
-
-/// Removes kube-proxy's nftables table from `netns`.
-fn nft_delete(netns: &Netns) -> Result<()> {
-    let out = netns
-        .command("nft")
-        .args(["delete", "table", "ip", "kube-proxy"])
-        .output()
-        .context("running nft")?;
-    if !out.status.success() {
-        bail!("nft delete: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
 }
 
 fn have(tool: &str) -> bool {
@@ -405,19 +457,15 @@ fn main() -> Result<()> {
             _ => {} // cargo bench passes --bench
         }
     }
-    // The on-node lab: socket LB, iptables, nftables, direct.
-    let lab = Lab::new(BACKENDS as u8)?;
-    // kube-proxy's NAT happens after the route lookup for the Service address, so the
-    // client needs a route for the Service range; it points into the lab's own veth
-    // (the socket load balancer rewrites before any lookup and needs none).
-    lab.client
-        .ip(&["route", "add", "10.96.0.0/12", "dev", "v0"])
-        .context("routing the Service range inside the lab")?;
-    let _servers = Servers::start(&lab.pods.path(), 16)?;
+    // The on-node labs: socket LB, iptables, nftables, direct (a fresh lab each).
     let cgroup = TestCgroup::new(&unique_name("ferrokube-traffic-"))?;
-    let pods: Vec<Ipv4Addr> = lab.pod_addrs.clone();
+    // Every client lab gives its pods the same addresses.
+    let pods: Vec<Ipv4Addr> = ClientLab::new()?.lab.pod_addrs.clone();
     let direct_addrs: Vec<String> = pods.iter().map(|p| format!("{p}:{PORT}")).collect();
-    let direct = rates(&lab.client, None, &direct_addrs.join(","), seconds, threads)?;
+    let direct = {
+        let lab = ClientLab::new()?;
+        rates(lab.client(), None, &direct_addrs.join(","), seconds, threads)?
+    };
 
     // The node lab: the tc path from outside, and its direct baseline (outside -> node ->
     // pods, routed, no NAT).
@@ -428,6 +476,7 @@ fn main() -> Result<()> {
             .ip(&["route", "add", net, "via", "10.251.0.2"])
             .context("routing ExternalIPs and pods to the lab node")?;
     }
+    client_sysctls(&node_lab.outside)?;
     let _node_servers = Servers::start(&node_lab.pods1.path(), 16)?;
     let node_pods: Vec<Ipv4Addr> = node_lab.pod1_addrs.clone();
     let outside_addrs: Vec<String> = node_pods.iter().map(|p| format!("{p}:{PORT}")).collect();
@@ -484,7 +533,10 @@ fn main() -> Result<()> {
         let target = format!("{}:80", vip(live));
         eprintln!("N = {n}: socket LB");
         agent.apply(Input::Snapshot(objects(n, None, Some((live, &pods)))))?;
-        let ours = rates(&lab.client, Some(&cgroup), &target, seconds, threads)?;
+        let ours = {
+            let lab = ClientLab::new()?;
+            rates(lab.client(), Some(&cgroup), &target, seconds, threads)?
+        };
         // Empty the maps so the next modes see no socket load balancing.
         agent.apply(Input::Snapshot(Vec::new()))?;
 
@@ -504,18 +556,17 @@ fn main() -> Result<()> {
         let mut nftables = Rates::default();
         let mut nft_load = serde_json::Value::Null;
         if use_nft {
-            match nft(&lab.client, &nft_rules(n, live, &pods), limit)? {
+            // The table goes with the lab's namespace.
+            let lab = ClientLab::new()?;
+            match nft(lab.client(), &nft_rules(n, live, &pods), limit)? {
                 Ok(d) => {
                     nft_load = serde_json::json!(d.as_secs_f64() * 1e3);
-                    nftables = rates(&lab.client, None, &target, seconds, threads)?;
-                    nft_delete(&lab.client)?;
+                    nftables = rates(lab.client(), None, &target, seconds, threads)?;
                 }
                 Err(why) => {
                     eprintln!("  nftables at {n}: {why}");
                     nft_load = serde_json::json!(why);
                     nftables.why = Some(why);
-                    // A timed-out load may have committed nothing; delete what exists.
-                    let _ = nft_delete(&lab.client);
                 }
             }
         } else {
@@ -524,8 +575,10 @@ fn main() -> Result<()> {
 
         eprintln!("N = {n}: iptables");
         let mut iptables = Rates::default();
+        // The rules go with the lab's namespace.
+        let lab = ClientLab::new()?;
         let loaded = restore(
-            &lab.client,
+            lab.client(),
             "iptables-nft-restore",
             &iptables_rules(n, None, None, Some((live, &pods))),
             false,
@@ -533,7 +586,7 @@ fn main() -> Result<()> {
         )?;
         let load_ms = match &loaded {
             Ok(d) => {
-                iptables = rates(&lab.client, None, &target, seconds, threads)?;
+                iptables = rates(lab.client(), None, &target, seconds, threads)?;
                 serde_json::json!(d.as_secs_f64() * 1e3)
             }
             Err(why) => {
@@ -542,15 +595,7 @@ fn main() -> Result<()> {
                 serde_json::json!(why)
             }
         };
-        // An empty table for the next size (and for the socket LB's turn).
-        restore(
-            &lab.client,
-            "iptables-nft-restore",
-            "*nat\nCOMMIT\n",
-            false,
-            limit,
-        )?
-        .map_err(anyhow::Error::msg)?;
+        drop(lab);
         let row = Row {
             n,
             ours,
