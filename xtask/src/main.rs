@@ -673,14 +673,19 @@ fn lab(action: LabAction) -> Result<()> {
                  node1 eth0 10.251.0.2, node2 eth0 10.251.0.3"
             );
             println!("node 1 pods: {pod1:?}; node 2 pods: {pod2:?}");
-            println!("enter a namespace:  nsenter --net=/run/netns/{}", ns("outside"));
+            println!(
+                "enter a namespace:  nsenter --net=/run/netns/{}",
+                ns("outside")
+            );
             println!(
                 "run the proxy on node 1 (pins under the node name, tc on eth0):\n  \
                  nsenter --net=/run/netns/{} target/debug/ferrokube proxy --node lab-node1 \
                  --from-file services.yaml --interface eth0 --cgroup /sys/fs/cgroup/unified/<a cgroup of yours>",
                 ns("node1")
             );
-            println!("remove it: cargo xtask lab down (then `ferrokube proxy reset --node lab-node1`)");
+            println!(
+                "remove it: cargo xtask lab down (then `ferrokube proxy reset --node lab-node1`)"
+            );
             Ok(())
         }
         LabAction::Down { state } => {

@@ -50,7 +50,9 @@ fn lab_up_then_down_leaves_no_namespace_or_link() -> Result<()> {
     let _down = Down(state.clone());
     let links_before = root_links()?;
 
-    let up = xtask(&["lab", "up", "--state", &state, "--pods1", "2", "--pods2", "1"])?;
+    let up = xtask(&[
+        "lab", "up", "--state", &state, "--pods1", "2", "--pods2", "1",
+    ])?;
     assert!(up.contains("nsenter --net=/run/netns/"), "{up}");
     let names: Vec<String> = std::fs::read_to_string(&state)?
         .lines()
@@ -58,7 +60,10 @@ fn lab_up_then_down_leaves_no_namespace_or_link() -> Result<()> {
         .collect();
     assert_eq!(names.len(), 5, "{names:?}");
     for name in &names {
-        assert!(Path::new("/run/netns").join(name).exists(), "{name} missing");
+        assert!(
+            Path::new("/run/netns").join(name).exists(),
+            "{name} missing"
+        );
     }
     // The node sees its pods, inside the lab.
     let route = Command::new("ip")

@@ -4,21 +4,20 @@
 //! columns. The Service under test is number N/2 (kube-proxy's iptables chain is walked
 //! linearly, so the middle is the average case); its 10 backends are real servers.
 //!
-//! Two labs, both with no route out:
-//! - a client namespace and a pods namespace joined by a veth (a client on the node talking
-//!   to a ClusterIP), for
-//!   1. ferrokube's socket load balancer (the client runs in the agent's cgroup),
-//!   3. kube-proxy's iptables layout (iptables-nft, Debian's default backend),
-//!   4. kube-proxy's nftables layout (verdict maps; when `nft` is installed),
-//!   5. straight to the backends (no load balancer: the limit);
-//! - a [`NodeLab`] (an outside client behind a bridge, the node with the tc programs on its
-//!   external interface `eth0`, the pods behind the node), for
-//!   2. ferrokube's tc path with no socket load balancing: the client is outside the node
-//!      (not in any load-balanced cgroup) and reaches Service i through its ExternalIP
-//!      10.253.x.y:80 (every Service has one; NodePorts cannot number 30,000), which the
-//!      tc ingress program DNATs to a local pod, with reverse NAT on the way out. Its
-//!      baseline is "direct (outside)": the same client to the pods, routed through the
-//!      same node, so the ratio isolates the tc programs' cost from the extra hop.
+//! Two kinds of lab, both with no route out:
+//! - a client namespace and a pods namespace joined by a veth (a client on the node
+//!   talking to a ClusterIP), a fresh one per column and size, for the socket load
+//!   balancer (the client runs in the agent's cgroup), kube-proxy's iptables layout
+//!   (iptables-nft, Debian's default backend), kube-proxy's nftables layout (verdict maps;
+//!   when `nft` is installed) and the direct connection to the backends (the limit);
+//! - a [`NodeLab`] (an outside client behind a bridge, the node with the tc programs on
+//!   its external interface `eth0`, the pods behind the node) for ferrokube's tc path
+//!   with no socket load balancing: the client is outside the node (in no load-balanced
+//!   cgroup) and reaches Service i through its ExternalIP 10.253.x.y:80 (every Service
+//!   has one; NodePorts cannot number 30,000), which the tc ingress program DNATs to a
+//!   local pod, with reverse NAT on the way out. Its baseline is "direct-out": the same
+//!   client to the pods, routed through the same node, so the ratio isolates the tc
+//!   programs' cost from the extra hop.
 //!
 //! The client is `ferrokube-lbprobe` (a separate process, in the cgroup for the socket LB
 //! column), several threads. Needs root.
@@ -61,9 +60,8 @@ impl Servers {
         let (tx, rx) = std::sync::mpsc::channel::<Result<TcpListener>>();
         let path = netns.to_path_buf();
         std::thread::spawn(move || {
-            let listener = enter_current_thread(&path).and_then(|()| {
-                Ok(TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], PORT)))?)
-            });
+            let listener = enter_current_thread(&path)
+                .and_then(|()| Ok(TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], PORT)))?));
             let _ = tx.send(listener);
         })
         .join()
@@ -464,7 +462,13 @@ fn main() -> Result<()> {
     let direct_addrs: Vec<String> = pods.iter().map(|p| format!("{p}:{PORT}")).collect();
     let direct = {
         let lab = ClientLab::new()?;
-        rates(lab.client(), None, &direct_addrs.join(","), seconds, threads)?
+        rates(
+            lab.client(),
+            None,
+            &direct_addrs.join(","),
+            seconds,
+            threads,
+        )?
     };
 
     // The node lab: the tc path from outside, and its direct baseline (outside -> node ->
@@ -541,10 +545,8 @@ fn main() -> Result<()> {
         agent.apply(Input::Snapshot(Vec::new()))?;
 
         eprintln!("N = {n}: tc path");
-        let tc_objects = with_external_ips(
-            objects(n, None, Some((live, &node_pods))),
-            &tc_config.node,
-        );
+        let tc_objects =
+            with_external_ips(objects(n, None, Some((live, &node_pods))), &tc_config.node);
         let start = Instant::now();
         tc_agent.apply(Input::Snapshot(tc_objects))?;
         let tc_program_ms = start.elapsed().as_secs_f64() * 1e3;

@@ -120,7 +120,10 @@ impl Agent {
     /// Starts publishing the metrics text (now, and after every apply) for
     /// [`metrics::serve`].
     pub fn publish_metrics(&mut self) -> Published {
-        let published = self.published.get_or_insert_with(Published::default).clone();
+        let published = self
+            .published
+            .get_or_insert_with(Published::default)
+            .clone();
         published.set(metrics::render(&self.metrics()));
         published
     }

@@ -111,9 +111,9 @@ impl Drop for Netns {
 /// (with every interface inside it). Refuses names [`Netns::new`] does not make.
 pub fn delete_named(name: &str) -> Result<()> {
     let ours = name.strip_prefix("fk").is_some_and(|rest| {
-        rest.split('-').next().is_some_and(|pid| {
-            !pid.is_empty() && pid.chars().all(|c| c.is_ascii_digit())
-        })
+        rest.split('-')
+            .next()
+            .is_some_and(|pid| !pid.is_empty() && pid.chars().all(|c| c.is_ascii_digit()))
     });
     if !ours || name.contains('/') {
         bail!("{name:?} is not a lab namespace name");

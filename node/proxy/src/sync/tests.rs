@@ -552,7 +552,8 @@ fn a_full_service_map_leaves_whole_frontends_out_and_applies_the_rest() {
     assert_eq!(skipped.len(), 2);
     assert!(err.to_string().contains("FK_SERVICES is full (4 entries)"));
     assert_eq!(
-        s.map_full_counts().get(ferrokube_ebpf_common::map_names::SERVICES),
+        s.map_full_counts()
+            .get(ferrokube_ebpf_common::map_names::SERVICES),
         Some(&2)
     );
     // The four that fit are complete; nothing of the two others is in the maps.
@@ -569,7 +570,11 @@ fn a_full_service_map_leaves_whole_frontends_out_and_applies_the_rest() {
         }
     }
     assert_eq!(maps.slots.len(), 8);
-    assert_eq!(maps.backends.len(), 8, "no backend of a skipped frontend stays");
+    assert_eq!(
+        maps.backends.len(),
+        8,
+        "no backend of a skipped frontend stays"
+    );
     assert_eq!(
         s.entry_counts(),
         EntryCounts {
@@ -600,7 +605,8 @@ fn a_full_backend_map_skips_the_frontend_that_needs_a_new_backend() {
     assert_eq!(s.maps().services.len(), 2);
     assert_eq!(s.maps().backends.len(), 4);
     assert_eq!(
-        s.map_full_counts().get(ferrokube_ebpf_common::map_names::BACKENDS),
+        s.map_full_counts()
+            .get(ferrokube_ebpf_common::map_names::BACKENDS),
         Some(&2)
     );
 }
