@@ -8,7 +8,10 @@
 //!   working);
 //!   With `--interface IF [--node-ip IP]...` either way also runs the tc NodePort,
 //!   ExternalIP and LoadBalancer programs on that interface;
-//! - `ferrokube proxy list [--node NAME]`: frontends, backends and counters from the pins;
+//!   With `--metrics-addr ADDR` either way also serves Prometheus metrics at
+//!   `http://ADDR/metrics` (map entries and sizes, frontends left out by a full map);
+//! - `ferrokube proxy list [--node NAME]`: frontends, backends and counters from the pins,
+//!   and each map's entries against its size;
 //! - `ferrokube proxy reset --node NAME`: remove the node's pins (detaches the programs).
 
 use std::path::{Path, PathBuf};
@@ -16,10 +19,10 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use ferrokube_proxy::{Agent, Config, Sizes, bpffs, list, source};
+use ferrokube_proxy::{Agent, Config, Sizes, bpffs, list, metrics, source};
 use futures::StreamExt as _;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use tracing::info;
+use tracing::{error, info};
 
 #[derive(Debug, Clone, Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -127,6 +130,9 @@ struct RunArgs {
     /// Backend slot map size (used when the maps are first created).
     #[arg(long, default_value_t = Sizes::default().slots)]
     max_slots: u32,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9474).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 pub async fn run(args: ProxyArgs) -> Result<()> {
@@ -207,15 +213,17 @@ async fn serve(args: RunArgs) -> Result<()> {
         ..Sizes::default()
     };
     if let Some(kubeconfig) = args.kubeconfig {
-        return serve_apiserver(&config, &kubeconfig, args.once).await;
+        return serve_apiserver(&config, &kubeconfig, args.once, args.metrics_addr).await;
     }
     let Some(file) = args.from_file else {
         bail!("one of --kubeconfig or --from-file is required");
     };
     let first = source::read_file(&file)?;
     let mut agent = Agent::start(&config).context("starting the dataplane")?;
-    let stats = agent.apply(first)?;
-    info!(writes = stats.total(), ?stats, "applied {}", file.display());
+    let _metrics = start_metrics(&mut agent, args.metrics_addr).await?;
+    if let Some(stats) = first_apply(&mut agent, first, args.once)? {
+        info!(writes = stats.total(), ?stats, "applied {}", file.display());
+    }
     if args.once {
         return Ok(());
     }
@@ -239,6 +247,51 @@ async fn serve(args: RunArgs) -> Result<()> {
     run_until_signal(&mut agent, changes).await
 }
 
+/// Binds `addr` and serves the agent's metrics there until the returned task is dropped.
+async fn start_metrics(
+    agent: &mut Agent,
+    addr: Option<std::net::SocketAddr>,
+) -> Result<Option<AbortOnDrop>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics address {addr}"))?;
+    info!(addr = %listener.local_addr()?, "serving metrics at /metrics");
+    let published = agent.publish_metrics();
+    let task = tokio::spawn(async move {
+        if let Err(e) = metrics::serve(listener, published).await {
+            error!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok(Some(AbortOnDrop(task)))
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The first apply: unless `once`, a full map is logged (and counted in the metrics) and
+/// the agent goes on serving what fitted; any other failure ends the command.
+fn first_apply(
+    agent: &mut Agent,
+    input: ferrokube_proxy::sync::Input,
+    once: bool,
+) -> Result<Option<ferrokube_proxy::sync::ApplyStats>> {
+    match agent.apply(input) {
+        Ok(stats) => Ok(Some(stats)),
+        Err(e) if !once && e.full_map().is_some() => {
+            error!(error = %e, "a map is full; serving the frontends that fit");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn run_until_signal(
     agent: &mut Agent,
     inputs: futures::stream::BoxStream<
@@ -257,7 +310,12 @@ async fn run_until_signal(
 
 /// Follows the apiserver: the first snapshot is applied before serving (so `--once` and a
 /// restart leave the maps matching the API), then every change.
-async fn serve_apiserver(config: &Config, kubeconfig: &Path, once: bool) -> Result<()> {
+async fn serve_apiserver(
+    config: &Config,
+    kubeconfig: &Path,
+    once: bool,
+    metrics_addr: Option<std::net::SocketAddr>,
+) -> Result<()> {
     let kubeconfig = Kubeconfig::read_from(kubeconfig)
         .with_context(|| format!("reading {}", kubeconfig.display()))?;
     let client_config =
@@ -265,15 +323,17 @@ async fn serve_apiserver(config: &Config, kubeconfig: &Path, once: bool) -> Resu
     let client = kube::Client::try_from(client_config)?;
     let mut inputs = source::watch(client);
     let mut agent = Agent::start(config).context("starting the dataplane")?;
+    let _metrics = start_metrics(&mut agent, metrics_addr).await?;
     loop {
         match inputs.next().await {
             Some(Ok(first)) => {
-                let stats = agent.apply(first)?;
-                info!(
-                    writes = stats.total(),
-                    ?stats,
-                    "applied the apiserver's Services and EndpointSlices"
-                );
+                if let Some(stats) = first_apply(&mut agent, first, once)? {
+                    info!(
+                        writes = stats.total(),
+                        ?stats,
+                        "applied the apiserver's Services and EndpointSlices"
+                    );
+                }
                 break;
             }
             Some(Err(e)) => tracing::warn!(error = %e, "waiting for the apiserver"),

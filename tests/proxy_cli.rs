@@ -291,3 +291,109 @@ fn proxy_interface_attaches_tc_and_reset_detaches_it() -> Result<()> {
     })?;
     Ok(())
 }
+
+/// A `ferrokube proxy` child, killed (by its own handle) and waited for on drop.
+struct Proxy(std::process::Child);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `GET /metrics` on `port` (loopback): the body.
+fn scrape(port: u16) -> Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("no end of the response head")?;
+    ensure!(head.starts_with("HTTP/1.1 200"), "{head}");
+    Ok(body.to_string())
+}
+
+#[test]
+fn proxy_serves_metrics_and_reports_a_full_map() -> Result<()> {
+    let cgroup = TestCgroup::new(&unique_name("ferrokube-cli-"))?;
+    let node = unique_name("cli-node-");
+    let _pins = Pins(node.clone());
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("services.yaml");
+    // Six Services, two endpoints each, into a frontend map of four.
+    let yaml: Vec<String> = (1..=6)
+        .map(|i| {
+            services(&[&format!("10.250.1.{i}"), &format!("10.250.2.{i}")])
+                .replace("name: web", &format!("name: web{i}"))
+                .replace("web-1", &format!("web{i}-1"))
+                .replace("service-name: web}", &format!("service-name: web{i}}}"))
+                .replace("10.96.0.10", &format!("10.96.1.{i}"))
+        })
+        .collect();
+    write(&file, &yaml.join("---\n"))?;
+    let port = ferrokube_testkit::free_port()?;
+    let cgroup_arg = cgroup.path().to_string_lossy().into_owned();
+    let file_arg = file.to_string_lossy().into_owned();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let _proxy = Proxy(
+        Command::new(BIN)
+            .args([
+                "proxy",
+                "--node",
+                &node,
+                "--from-file",
+                &file_arg,
+                "--cgroup",
+                &cgroup_arg,
+                "--max-services",
+                "4",
+                "--max-backends",
+                "64",
+                "--max-slots",
+                "256",
+                "--metrics-addr",
+                &metrics_addr,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting ferrokube proxy")?,
+    );
+    let body = ferrokube_testkit::wait_for(
+        "the full map in /metrics",
+        std::time::Duration::from_secs(30),
+        || {
+            let Ok(body) = scrape(port) else {
+                return Ok(None);
+            };
+            Ok(body
+                .contains("ferrokube_proxy_map_full_total{map=\"FK_SERVICES\"} 2\n")
+                .then_some(body))
+        },
+    )?;
+    assert!(
+        body.contains("ferrokube_proxy_map_entries{map=\"FK_SERVICES\"} 4\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("ferrokube_proxy_map_capacity{map=\"FK_SERVICES\"} 4\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("ferrokube_proxy_map_entries{map=\"FK_BACKENDS\"} 8\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("ferrokube_proxy_syncs_total{result=\"error\"} 1\n"),
+        "{body}"
+    );
+    // The four that fit are whole (two backends each), and the listing says the map is full.
+    let listed = ok(&["proxy", "list", "--node", &node])?;
+    assert!(listed.contains("FK_SERVICES 4/4 FULL"), "{listed}");
+    assert_eq!(listed.matches("    -> ").count(), 8, "{listed}");
+    Ok(())
+}

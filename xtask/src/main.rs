@@ -7,8 +7,13 @@
 //! - `bench api`: the apiserver on both stores;
 //! - `bench cni`: pod ADD+DEL through our CNI plugin against the reference plugins;
 //! - `bench runtime`: pod + container lifecycle through CRI, ours against containerd;
-//! - `bench dataplane`: Service programming time, ferrokube's maps against kube-proxy's
-//!   iptables layout (needs root);
+//! - `bench dataplane`: at each size (1, 1k, 10k, 30k Services by default), Service
+//!   programming time and traffic (short connections, requests on established ones):
+//!   ferrokube's socket LB and tc path against kube-proxy's iptables and nftables layouts
+//!   and a direct connection, one table and `target/bench/dataplane.json` (needs root);
+//! - `lab up|down|status`: a persistent `NodeLab` (network namespaces only, no route out)
+//!   to run `ferrokube proxy --interface eth0` in by hand; `down` deletes exactly the
+//!   namespaces `up` recorded in `target/lab/state` (needs root);
 //! - `bench nodeport`: NodePort forwarding packets/s per core to a remote backend, XDP vs
 //!   tc vs iptables DNAT;
 //! - `bench tcpath`: traffic through the tc NodePort path against a direct connection and
@@ -39,10 +44,43 @@ enum Task {
     },
     /// Set up, then run everything CI runs.
     Test,
+    /// A persistent lab (outside client, two nodes, their pods) of network namespaces.
+    Lab {
+        #[command(subcommand)]
+        action: LabAction,
+    },
     /// Run a benchmark and write its JSON under target/bench/.
     Bench {
         #[command(subcommand)]
         which: Bench,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LabAction {
+    /// Build the lab and record it; it stays until `lab down`.
+    Up {
+        /// Pod addresses on node 1.
+        #[arg(long, default_value_t = 2)]
+        pods1: u8,
+        /// Pod addresses on node 2.
+        #[arg(long, default_value_t = 1)]
+        pods2: u8,
+        /// Where the lab is recorded.
+        #[arg(long, default_value = "target/lab/state")]
+        state: PathBuf,
+    },
+    /// Delete the namespaces `up` recorded (and every link inside them).
+    Down {
+        /// Where the lab is recorded.
+        #[arg(long, default_value = "target/lab/state")]
+        state: PathBuf,
+    },
+    /// Show the recorded lab and whether each namespace still exists.
+    Status {
+        /// Where the lab is recorded.
+        #[arg(long, default_value = "target/lab/state")]
+        state: PathBuf,
     },
 }
 
@@ -73,11 +111,26 @@ enum Bench {
         #[arg(long, default_value_t = 200)]
         pods: usize,
     },
-    /// Time to program N Services (and one change): eBPF maps vs iptables-restore.
+    /// At N Services: programming time (and one change), eBPF maps vs iptables-restore,
+    /// then short-connection and request rates through the socket LB, the tc path,
+    /// iptables, nftables and direct. Writes target/bench/dataplane.json.
     Dataplane {
         /// Service counts, comma-separated.
         #[arg(long, default_value = "1,1000,10000,30000")]
         sizes: String,
+        /// Seconds per traffic point.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        /// Client threads.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        /// A kube-proxy rules load (iptables-restore, nft -f) slower than this is killed
+        /// and its column says so.
+        #[arg(long, default_value_t = 180)]
+        iptables_timeout: u64,
+        /// Skip the programming part (c).
+        #[arg(long)]
+        traffic_only: bool,
     },
     /// Traffic through the tc NodePort path vs a direct connection and iptables DNAT.
     Tcpath {
@@ -119,6 +172,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "containernetworking-plugins",
         "the CNI spec tests also run against the reference bridge + host-local plugins, \
          and `ferrokube cni install` puts the reference loopback plugin first",
+    ),
+    (
+        "nftables",
+        "`bench dataplane` measures kube-proxy's nftables-mode layout, loaded with `nft -f`",
     ),
     (
         "containerd",
@@ -462,7 +519,12 @@ fn test() -> Result<()> {
 
 /// Runs `cargo bench -p PACKAGE --bench NAME -- --out target/bench/NAME.json ARGS...`.
 fn cargo_bench(package: &str, name: &str, args: &[String]) -> Result<()> {
-    let out = root().join(format!("target/bench/{name}.json"));
+    cargo_bench_to(package, name, name, args)
+}
+
+/// Runs bench NAME with `--out target/bench/OUT.json`.
+fn cargo_bench_to(package: &str, name: &str, out: &str, args: &[String]) -> Result<()> {
+    let out = root().join(format!("target/bench/{out}.json"));
     let mut command = cargo();
     command
         .args(["bench", "--locked", "-p", package, "--bench", name, "--"])
@@ -491,8 +553,45 @@ fn bench(which: Bench) -> Result<()> {
         Bench::Runtime { pods } => {
             cargo_bench("ferrokube", "runtime", &["--pods".into(), pods.to_string()])
         }
-        Bench::Dataplane { sizes } => {
-            cargo_bench("ferrokube-proxy", "dataplane", &["--sizes".into(), sizes])
+        Bench::Dataplane {
+            sizes,
+            seconds,
+            threads,
+            iptables_timeout,
+            traffic_only,
+        } => {
+            let timeout = iptables_timeout.to_string();
+            if traffic_only {
+                // Start from an empty file: no stale programming rows.
+                let _ = std::fs::remove_file(root().join("target/bench/dataplane.json"));
+            } else {
+                // (c) first: it writes the file the traffic part adds to.
+                cargo_bench(
+                    "ferrokube-proxy",
+                    "dataplane",
+                    &[
+                        "--sizes".into(),
+                        sizes.clone(),
+                        "--iptables-timeout".into(),
+                        timeout.clone(),
+                    ],
+                )?;
+            }
+            cargo_bench_to(
+                "ferrokube-proxy",
+                "traffic",
+                "dataplane",
+                &[
+                    "--sizes".into(),
+                    sizes,
+                    "--seconds".into(),
+                    seconds.to_string(),
+                    "--threads".into(),
+                    threads.to_string(),
+                    "--iptables-timeout".into(),
+                    timeout,
+                ],
+            )
         }
         Bench::Tcpath { seconds } => cargo_bench(
             "ferrokube-proxy",
@@ -518,5 +617,132 @@ fn main() -> Result<()> {
         Task::Up { args } => up(&args),
         Task::Test => test(),
         Task::Bench { which } => bench(which),
+        Task::Lab { action } => lab(action),
+    }
+}
+
+/// Relative state paths are under the workspace root.
+fn state_path(state: &Path) -> PathBuf {
+    if state.is_absolute() {
+        state.to_path_buf()
+    } else {
+        root().join(state)
+    }
+}
+
+/// The recorded lab: `role name` lines.
+fn read_state(state: &Path) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(state)
+        .with_context(|| format!("no lab recorded in {}", state.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let (role, name) = l
+                .split_once(' ')
+                .with_context(|| format!("bad line {l:?} in {}", state.display()))?;
+            Ok((role.to_string(), name.to_string()))
+        })
+        .collect()
+}
+
+fn lab(action: LabAction) -> Result<()> {
+    use ferrokube_testkit::netlab::NodeLab;
+    match action {
+        LabAction::Up {
+            pods1,
+            pods2,
+            state,
+        } => {
+            let state = state_path(&state);
+            if state.exists() {
+                bail!(
+                    "a lab is already recorded in {} (`cargo xtask lab down` first)",
+                    state.display()
+                );
+            }
+            if let Some(dir) = state.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let lab = NodeLab::new(pods1, pods2)?;
+            let (pod1, pod2) = (lab.pod1_addrs.clone(), lab.pod2_addrs.clone());
+            // Recorded before it is kept: a failed write drops (deletes) the lab.
+            let names = [
+                ("outside", lab.outside.name()),
+                ("node1", lab.node1.name()),
+                ("pods1", lab.pods1.name()),
+                ("node2", lab.node2.name()),
+                ("pods2", lab.pods2.name()),
+            ]
+            .map(|(role, name)| format!("{role} {name}\n"))
+            .concat();
+            std::fs::write(&state, names)
+                .with_context(|| format!("recording the lab in {}", state.display()))?;
+            let kept = lab.persist();
+            let ns = |role: &str| {
+                kept.iter()
+                    .find(|(r, _)| *r == role)
+                    .map(|(_, n)| n.clone())
+                    .unwrap_or_default()
+            };
+            println!("lab up (recorded in {}):", state.display());
+            for (role, name) in &kept {
+                println!("  {role:<8} /run/netns/{name}");
+            }
+            println!(
+                "outside client 10.251.0.1 (bridge br0; routes 10.252.0.0/24 via node 1), \
+                 node1 eth0 10.251.0.2, node2 eth0 10.251.0.3"
+            );
+            println!("node 1 pods: {pod1:?}; node 2 pods: {pod2:?}");
+            println!(
+                "enter a namespace:  nsenter --net=/run/netns/{}",
+                ns("outside")
+            );
+            println!(
+                "run the proxy on node 1 (pins under the node name, tc on eth0):\n  \
+                 nsenter --net=/run/netns/{} target/debug/ferrokube proxy --node lab-node1 \
+                 --from-file services.yaml --interface eth0 --cgroup /sys/fs/cgroup/unified/<a cgroup of yours>",
+                ns("node1")
+            );
+            println!(
+                "remove it: cargo xtask lab down (then `ferrokube proxy reset --node lab-node1`)"
+            );
+            Ok(())
+        }
+        LabAction::Down { state } => {
+            let state = state_path(&state);
+            let recorded = read_state(&state)?;
+            let mut failed = Vec::new();
+            for (role, name) in &recorded {
+                if !Path::new("/run/netns").join(name).exists() {
+                    println!("{role}: {name} already gone");
+                    continue;
+                }
+                match ferrokube_testkit::netns::delete_named(name) {
+                    Ok(()) => println!("{role}: deleted {name}"),
+                    Err(e) => failed.push(format!("{name}: {e:#}")),
+                }
+            }
+            if !failed.is_empty() {
+                bail!("could not delete: {}", failed.join("; "));
+            }
+            std::fs::remove_file(&state)?;
+            println!("lab down");
+            Ok(())
+        }
+        LabAction::Status { state } => {
+            let state = state_path(&state);
+            if !state.exists() {
+                println!("no lab recorded in {}", state.display());
+                return Ok(());
+            }
+            for (role, name) in read_state(&state)? {
+                let here = Path::new("/run/netns").join(&name).exists();
+                println!(
+                    "{role:<8} {name} {}",
+                    if here { "present" } else { "MISSING" }
+                );
+            }
+            Ok(())
+        }
     }
 }

@@ -10,6 +10,7 @@ use tracing::{error, info, warn};
 
 use crate::loader::{Config, Dataplane, LoadError};
 use crate::maps::KernelMaps;
+use crate::metrics::{self, Published};
 use crate::model::BackendAddr;
 use crate::sockets;
 use crate::source::SourceError;
@@ -35,6 +36,10 @@ pub struct Agent {
     cgroup: PathBuf,
     /// Sockets destroyed because their backend went away.
     destroyed: u64,
+    /// Inputs applied, and failed.
+    syncs: (u64, u64),
+    /// Where the metrics are published after each apply, once asked for.
+    published: Option<Published>,
 }
 
 impl Agent {
@@ -55,6 +60,8 @@ impl Agent {
             syncer,
             cgroup: config.cgroup.clone(),
             destroyed: 0,
+            syncs: (0, 0),
+            published: None,
         })
     }
 
@@ -72,6 +79,10 @@ impl Agent {
     /// removed (see [`crate::sockets`]).
     pub fn apply(&mut self, input: Input) -> Result<ApplyStats, SyncError> {
         let result = self.syncer.apply(input);
+        match &result {
+            Ok(_) => self.syncs.0 += 1,
+            Err(_) => self.syncs.1 += 1,
+        }
         let gone = self.syncer.take_removed_backends();
         if !gone.is_empty() {
             let revnat = RevNat::open(self.dataplane.pin_dir());
@@ -90,7 +101,34 @@ impl Agent {
                 );
             }
         }
+        if let Some(published) = &self.published {
+            published.set(metrics::render(&self.metrics()));
+        }
         result
+    }
+
+    /// The figures the metrics are rendered from.
+    pub fn metrics(&self) -> metrics::Snapshot {
+        let capacity = self.syncer.maps().capacity();
+        metrics::Snapshot {
+            map_full: self.syncer.map_full_counts().clone(),
+            entries: self.syncer.entry_counts(),
+            capacity: [capacity.services, capacity.slots, capacity.backends],
+            syncs_ok: self.syncs.0,
+            syncs_failed: self.syncs.1,
+            sockets_destroyed: self.destroyed,
+        }
+    }
+
+    /// Starts publishing the metrics text (now, and after every apply) for
+    /// [`metrics::serve`].
+    pub fn publish_metrics(&mut self) -> Published {
+        let published = self
+            .published
+            .get_or_insert_with(Published::default)
+            .clone();
+        published.set(metrics::render(&self.metrics()));
+        published
     }
 
     /// Sockets destroyed so far because their backend went away.

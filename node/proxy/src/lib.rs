@@ -13,7 +13,8 @@
 //! - [`sockets`]: destroying the sockets sent to backends that are gone;
 //! - [`agent`]: all of the above, driven by a stream;
 //! - [`events`]: the translation event stream;
-//! - [`list`]: what `ferrokube proxy list` prints.
+//! - [`list`]: what `ferrokube proxy list` prints;
+//! - [`metrics`]: Prometheus text for `/metrics` (full maps, entries per map).
 
 pub mod agent;
 pub mod bpffs;
@@ -22,6 +23,7 @@ pub mod list;
 pub mod loader;
 pub mod maglev;
 pub mod maps;
+pub mod metrics;
 pub mod model;
 pub mod sockets;
 pub mod source;

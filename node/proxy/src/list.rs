@@ -66,6 +66,8 @@ pub struct NodeReport {
     pub frontends: Vec<FrontendReport>,
     /// The XDP fast path's counters, when its link is pinned (attached).
     pub xdp: Option<crate::loader::XdpCounters>,
+    /// Each map's entries and size: `(name, entries, capacity)`.
+    pub maps: Vec<(&'static str, usize, u32)>,
 }
 
 /// Reads the frontends of one node (or of every node with pins when `node` is `None`).
@@ -94,10 +96,30 @@ pub fn list(bpffs: &Path, node: Option<&str>) -> Result<Vec<NodeReport>, ListErr
         } else {
             None
         };
+        let state = maps.dump().map_err(maps_error)?;
+        let capacity = maps.capacity();
+        let usage = vec![
+            (
+                ferrokube_ebpf_common::map_names::SERVICES,
+                state.services.len(),
+                capacity.services,
+            ),
+            (
+                ferrokube_ebpf_common::map_names::SLOTS,
+                state.slots.len(),
+                capacity.slots,
+            ),
+            (
+                ferrokube_ebpf_common::map_names::BACKENDS,
+                state.backends.len(),
+                capacity.backends,
+            ),
+        ];
         out.push(NodeReport {
             node,
             frontends,
             xdp,
+            maps: usage,
         });
     }
     Ok(out)
@@ -159,6 +181,21 @@ pub fn render(reports: &[NodeReport]) -> String {
                 "  xdp fast path: attached  new flows {}  forward {}  reverse {}  fallback {}",
                 x.new_flows, x.forward, x.reverse, x.fallback
             );
+        }
+        let maps: Vec<String> = node
+            .maps
+            .iter()
+            .map(|(name, entries, capacity)| {
+                let full = if *entries as u64 >= u64::from(*capacity) {
+                    " FULL"
+                } else {
+                    ""
+                };
+                format!("{name} {entries}/{capacity}{full}")
+            })
+            .collect();
+        if !maps.is_empty() {
+            let _ = writeln!(out, "  maps: {}", maps.join(", "));
         }
         for f in &node.frontends {
             let _ = writeln!(

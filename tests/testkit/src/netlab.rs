@@ -224,6 +224,21 @@ impl NodeLab {
     }
 }
 
+impl NodeLab {
+    /// Keeps the lab's namespaces past this value's life (`cargo xtask lab up`): their
+    /// roles and names, in creation order. [`crate::netns::delete_named`] on each removes
+    /// the lab (every link lives inside one of them).
+    pub fn persist(self) -> Vec<(&'static str, String)> {
+        vec![
+            ("outside", self.outside.persist()),
+            ("node1", self.node1.persist()),
+            ("pods1", self.pods1.persist()),
+            ("node2", self.node2.persist()),
+            ("pods2", self.pods2.persist()),
+        ]
+    }
+}
+
 /// TCP and UDP echo servers in a namespace: each answers a request with its own
 /// address, and counts what it served.
 #[derive(Debug)]

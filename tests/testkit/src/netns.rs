@@ -35,6 +35,13 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Keeps the namespace past this value's life (for `cargo xtask lab up`): returns its
+    /// name; deleting it is then the caller's job ([`delete_named`]).
+    pub fn persist(self) -> String {
+        let this = std::mem::ManuallyDrop::new(self);
+        this.name.clone()
+    }
+
     /// The namespace's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -108,6 +115,21 @@ impl Drop for Netns {
             eprintln!("warning: deleting netns {}: {e:#}", self.name);
         }
     }
+}
+
+/// Deletes the namespace `name` made by [`Netns::new`] and kept by [`Netns::persist`]
+/// (with every interface inside it). Refuses names [`Netns::new`] does not make.
+pub fn delete_named(name: &str) -> Result<()> {
+    let ours = name.strip_prefix("fk").is_some_and(|rest| {
+        rest.split('-')
+            .next()
+            .is_some_and(|pid| !pid.is_empty() && pid.chars().all(|c| c.is_ascii_digit()))
+    });
+    if !ours || name.contains('/') {
+        bail!("{name:?} is not a lab namespace name");
+    }
+    run(Command::new("ip").args(["netns", "del", name]))?;
+    Ok(())
 }
 
 /// Moves the calling thread into the network namespace at `path` (use it on threads of

@@ -24,6 +24,36 @@ pub fn vip(i: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i + 1)
 }
 
+/// The ExternalIP of Service `i` in the traffic bench's tc column (10.253.0.0/16, routed
+/// to the lab node's external interface from the lab's outside namespace only).
+pub fn external_ip(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 253, 0, 0)) + i + 1)
+}
+
+/// [`objects`] with an ExternalIP on every Service ([`external_ip`]) and every endpoint
+/// on `node` (local backends: the tc path DNATs without source NAT).
+pub fn with_external_ips(objects: Vec<Object>, node: &str) -> Vec<Object> {
+    let mut service = 0u32;
+    objects
+        .into_iter()
+        .map(|object| match object {
+            Object::Service(mut svc) => {
+                if let Some(spec) = svc.spec.as_mut() {
+                    spec.external_ips = Some(vec![external_ip(service).to_string()]);
+                }
+                service += 1;
+                Object::Service(svc)
+            }
+            Object::Slice(mut slice) => {
+                for endpoint in slice.endpoints.iter_mut().flatten() {
+                    endpoint.node_name = Some(node.to_string());
+                }
+                Object::Slice(slice)
+            }
+        })
+        .collect()
+}
+
 /// Backend `j` of Service `i` (never contacted, except for the live Service).
 pub fn pod(i: u32, j: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i * BACKENDS + j + 1)
@@ -166,6 +196,17 @@ pub fn restore(
     if noflush {
         command.arg("--noflush");
     }
+    timed(command, tool, rules, limit)
+}
+
+/// Runs `command` with `input` on its stdin: its time, or why there is none (killed after
+/// `limit`, or it failed).
+pub fn timed(
+    mut command: Command,
+    tool: &str,
+    input: &str,
+    limit: Duration,
+) -> Result<Result<Duration, String>> {
     let start = Instant::now();
     let mut child = command
         .stdin(Stdio::piped())
@@ -176,7 +217,7 @@ pub fn restore(
     // Fed from a thread: the restore tools parse as they read, so a slow one would
     // otherwise hold us in `write_all` past the time limit.
     let mut stdin = child.stdin.take().context("stdin")?;
-    let input = rules.to_string();
+    let input = input.to_string();
     let feeder = std::thread::spawn(move || {
         // A killed child closes the pipe: that error is expected.
         let _ = stdin.write_all(input.as_bytes());

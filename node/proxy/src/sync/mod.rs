@@ -45,6 +45,51 @@ pub enum SyncError {
         /// The configured size.
         capacity: u32,
     },
+    /// Some frontends did not fit in a full map and were left out whole (never written
+    /// in part); every other frontend of the input was applied.
+    #[error(
+        "map {map} is full ({capacity} entries): {} frontend(s) not applied, first {}",
+        skipped.len(),
+        skipped.first().map(ToString::to_string).unwrap_or_default()
+    )]
+    MapFull {
+        /// The map that was full first (`FK_SERVICES`, `FK_BACKENDS` or `FK_SLOTS`).
+        map: &'static str,
+        /// Its configured number of entries.
+        capacity: u32,
+        /// The frontends left out.
+        skipped: Vec<Frontend>,
+    },
+}
+
+impl SyncError {
+    /// The map and its size, if this error is a full map.
+    pub fn full_map(&self) -> Option<(&'static str, u32)> {
+        match self {
+            SyncError::Full { what, capacity } => Some((
+                if *what == "service" {
+                    ferrokube_ebpf_common::map_names::SERVICES
+                } else {
+                    ferrokube_ebpf_common::map_names::BACKENDS
+                },
+                *capacity,
+            )),
+            SyncError::Maps(MapsError::Full { map, capacity }) => Some((map, *capacity)),
+            SyncError::MapFull { map, capacity, .. } => Some((map, *capacity)),
+            SyncError::Maps(_) => None,
+        }
+    }
+}
+
+/// Entries the sync layer holds in each map (gauges for the metrics).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EntryCounts {
+    /// Frontends.
+    pub services: usize,
+    /// Backend slots.
+    pub slots: usize,
+    /// Backends.
+    pub backends: usize,
 }
 
 /// What one sync wrote.
@@ -206,6 +251,8 @@ pub struct Syncer<M> {
     limits: Limits,
     /// Backends removed from the maps since [`Syncer::take_removed_backends`].
     removed: Vec<BackendAddr>,
+    /// Frontends left out because a map was full, per map, since start.
+    map_full: BTreeMap<&'static str, u64>,
 }
 
 impl<M: MapOps> Syncer<M> {
@@ -226,6 +273,7 @@ impl<M: MapOps> Syncer<M> {
             maglev_tables: Ids::new("Maglev table", limits.maglev_tables),
             limits,
             removed: Vec::new(),
+            map_full: BTreeMap::new(),
         };
         syncer.readopt()?;
         Ok(syncer)
@@ -341,6 +389,20 @@ impl<M: MapOps> Syncer<M> {
         Ok(())
     }
 
+    /// Frontends left out because a map was full, per map name, since start.
+    pub fn map_full_counts(&self) -> &BTreeMap<&'static str, u64> {
+        &self.map_full
+    }
+
+    /// Entries held in each map now.
+    pub fn entry_counts(&self) -> EntryCounts {
+        EntryCounts {
+            services: self.applied.len(),
+            slots: self.applied.values().map(|a| a.slots.len()).sum(),
+            backends: self.backend_refs.len(),
+        }
+    }
+
     /// The maps.
     pub fn maps(&self) -> &M {
         &self.maps
@@ -453,14 +515,39 @@ impl<M: MapOps> Syncer<M> {
         frontends: impl IntoIterator<Item = Frontend>,
     ) -> Result<ApplyStats, SyncError> {
         let mut stats = ApplyStats::default();
+        let mut full: Option<(&'static str, u32)> = None;
+        let mut skipped = Vec::new();
         for frontend in frontends {
             let result = match self.desired.get(&frontend).cloned() {
                 Some(spec) => self.upsert(frontend, &spec),
                 None => self.remove(frontend),
             };
-            stats.add(result?);
+            match result {
+                Ok(s) => stats.add(s),
+                Err(e) => {
+                    // A full map costs this frontend only: the rest of the input (other
+                    // Services, removals that free room) still applies.
+                    let Some((map, capacity)) = e.full_map() else {
+                        return Err(e);
+                    };
+                    warn!(%frontend, map, capacity, "map full: frontend not applied");
+                    *self.map_full.entry(map).or_default() += 1;
+                    full.get_or_insert((map, capacity));
+                    skipped.push(frontend);
+                }
+            }
         }
-        Ok(stats)
+        match full {
+            // The caller rereads the maps (`apply`), which drops what the skipped
+            // frontends wrote before the map filled up (slots nothing names yet, backends
+            // nothing references).
+            Some((map, capacity)) => Err(SyncError::MapFull {
+                map,
+                capacity,
+                skipped,
+            }),
+            None => Ok(stats),
+        }
     }
 
     fn backend_id(&mut self, addr: BackendAddr, stats: &mut ApplyStats) -> Result<u32, SyncError> {

@@ -632,3 +632,106 @@ fn the_node_default_applies_unless_the_service_says_otherwise() {
         251
     );
 }
+
+/// `n` Services `svc-<i>` with ClusterIP 10.96.1.<i> and two endpoints each.
+fn services(range: std::ops::Range<u8>) -> Vec<Object> {
+    range
+        .flat_map(|i| {
+            let name = format!("svc-{i}");
+            [
+                service(&name, &format!("10.96.1.{i}"), &[("http", 80, "TCP")]),
+                slice(
+                    &name,
+                    &format!("{name}-1"),
+                    ("http", 8080, "TCP"),
+                    &[
+                        (&format!("10.0.2.{i}"), true),
+                        (&format!("10.0.3.{i}"), true),
+                    ],
+                ),
+            ]
+        })
+        .collect()
+}
+
+#[test]
+fn a_full_service_map_leaves_whole_frontends_out_and_applies_the_rest() {
+    let limits = Limits {
+        max_services: 4,
+        max_backends: 100,
+        ..Limits::default()
+    };
+    let mut s = Syncer::adopt(MemoryMaps::default(), "node-a", limits).unwrap();
+    let err = s.apply(Input::Snapshot(services(1..7))).unwrap_err();
+    let SyncError::MapFull {
+        map,
+        capacity,
+        skipped,
+    } = &err
+    else {
+        panic!("expected MapFull, got {err}");
+    };
+    assert_eq!(*map, ferrokube_ebpf_common::map_names::SERVICES);
+    assert_eq!(*capacity, 4);
+    assert_eq!(skipped.len(), 2);
+    assert!(err.to_string().contains("FK_SERVICES is full (4 entries)"));
+    assert_eq!(
+        s.map_full_counts()
+            .get(ferrokube_ebpf_common::map_names::SERVICES),
+        Some(&2)
+    );
+    // The four that fit are complete; nothing of the two others is in the maps.
+    let maps = s.maps();
+    assert_eq!(maps.services.len(), 4);
+    for (_, value) in maps.services.values() {
+        assert_eq!(value.count, 2);
+        for slot in 0..2 {
+            let id = maps.slots[&SlotKey {
+                service_id: value.service_id,
+                slot,
+            }];
+            assert!(maps.backends.contains_key(&id));
+        }
+    }
+    assert_eq!(maps.slots.len(), 8);
+    assert_eq!(
+        maps.backends.len(),
+        8,
+        "no backend of a skipped frontend stays"
+    );
+    assert_eq!(
+        s.entry_counts(),
+        EntryCounts {
+            services: 4,
+            slots: 8,
+            backends: 8
+        }
+    );
+    // Room made by removing two Services lets the same kind of input fit whole.
+    s.apply(Input::Snapshot(services(3..7))).unwrap();
+    assert_eq!(s.maps().services.len(), 4);
+    assert_eq!(s.entry_counts().backends, 8);
+}
+
+#[test]
+fn a_full_backend_map_skips_the_frontend_that_needs_a_new_backend() {
+    let limits = Limits {
+        max_services: 100,
+        max_backends: 5,
+        ..Limits::default()
+    };
+    let mut s = Syncer::adopt(MemoryMaps::default(), "node-a", limits).unwrap();
+    let err = s.apply(Input::Snapshot(services(1..5))).unwrap_err();
+    assert_eq!(
+        err.full_map(),
+        Some((ferrokube_ebpf_common::map_names::BACKENDS, 5))
+    );
+    // Two Services (4 backends) fit; the third would need 2 more and the map has 1.
+    assert_eq!(s.maps().services.len(), 2);
+    assert_eq!(s.maps().backends.len(), 4);
+    assert_eq!(
+        s.map_full_counts()
+            .get(ferrokube_ebpf_common::map_names::BACKENDS),
+        Some(&2)
+    );
+}
