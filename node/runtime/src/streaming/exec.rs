@@ -293,6 +293,185 @@ pub async fn serve(
     let _ = writer.await;
 }
 
+/// The SPDY streams of one exec, by their `streamType`.
+#[derive(Debug, Default)]
+struct SpdyStreams {
+    error: Option<u32>,
+    stdin: Option<u32>,
+    stdout: Option<u32>,
+    stderr: Option<u32>,
+    resize: Option<u32>,
+}
+
+impl SpdyStreams {
+    fn complete(&self, request: &ExecRequest, resize: bool) -> bool {
+        self.error.is_some()
+            && (!request.stdin || self.stdin.is_some())
+            && (!request.stdout || self.stdout.is_some())
+            && (!request.stderr || self.stderr.is_some())
+            && (!(request.tty && resize) || self.resize.is_some())
+    }
+}
+
+/// How long an SPDY client gets to open its streams (upstream's stream creation timeout).
+const STREAM_CREATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serves one exec over SPDY/3.1 with the channel protocol `protocol` (`v4.channel.k8s.io`,
+/// `v3.channel.k8s.io`, `v2.channel.k8s.io` or `channel.k8s.io`): the client opens one
+/// stream per `streamType` (error, stdin, stdout, stderr, resize); once the expected set is
+/// there the process runs, its output goes on stdout/stderr, and the end is written on the
+/// error stream (v4: a `metav1.Status`; older protocols: a message, only on failure)
+/// before every stream is half-closed and the connection closed.
+pub async fn serve_spdy(
+    mut session: super::spdy::Session,
+    protocol: &str,
+    request: ExecRequest,
+    containers: &Containers,
+) {
+    use super::spdy::{Event, header};
+    let v4 = protocol == super::websocket::V4;
+    let resize = v4 || protocol == "v3.channel.k8s.io";
+    let tx = session.sender();
+    let mut streams = SpdyStreams::default();
+    let mut early = Vec::new();
+    let deadline = tokio::time::Instant::now() + STREAM_CREATION_TIMEOUT;
+    while !streams.complete(&request, resize) {
+        let event = match tokio::time::timeout_at(deadline, session.events.recv()).await {
+            Ok(Some(event)) => event,
+            Ok(None) => return session.close().await,
+            Err(_) => {
+                tracing::debug!("spdy exec: the client did not open its streams in time");
+                return session.close().await;
+            }
+        };
+        match event {
+            Event::Open { id, headers } => {
+                let slot = match header(&headers, "streamtype") {
+                    Some("error") => &mut streams.error,
+                    Some("stdin") => &mut streams.stdin,
+                    Some("stdout") => &mut streams.stdout,
+                    Some("stderr") => &mut streams.stderr,
+                    Some("resize") => &mut streams.resize,
+                    other => {
+                        tracing::debug!(?other, "spdy exec: unknown stream type");
+                        tx.reset(id, super::spdy::REFUSED_STREAM).await;
+                        continue;
+                    }
+                };
+                *slot = Some(id);
+            }
+            other => early.push(other),
+        }
+    }
+    let outcome = match start(containers, &request) {
+        Err(e) => Err(e.to_string()),
+        Ok(mut run) => {
+            let mut stdin = run.stdin.take();
+            let terminal = run.terminal.take();
+            let outputs = run.outputs.drain(..).filter_map(|(channel, reader)| {
+                let id = if channel == STDERR {
+                    streams.stderr
+                } else {
+                    streams.stdout
+                }?;
+                Some(pump_spdy(id, reader, tx.clone()))
+            });
+            let main = async {
+                let (_, exit) = tokio::join!(futures::future::join_all(outputs), run.child.wait());
+                exit
+            };
+            let input = async {
+                let mut resize_buf = Vec::new();
+                let events = futures::stream::iter(early.drain(..)).chain(futures::stream::unfold(
+                    &mut session.events,
+                    |events| async move { events.recv().await.map(|e| (e, events)) },
+                ));
+                let mut events = std::pin::pin!(events);
+                while let Some(event) = events.next().await {
+                    match event {
+                        Event::Data { id, data } if Some(id) == streams.stdin => {
+                            if let Some(w) = stdin.as_mut()
+                                && (w.write_all(&data).await.is_err() || w.flush().await.is_err())
+                            {
+                                stdin = None;
+                            }
+                        }
+                        Event::Fin { id } if Some(id) == streams.stdin => {
+                            if let Some(mut w) = stdin.take() {
+                                let _ = w.shutdown().await;
+                            }
+                        }
+                        Event::Data { id, data } if Some(id) == streams.resize => {
+                            resize_buf.extend_from_slice(&data);
+                            let mut sizes = serde_json::Deserializer::from_slice(&resize_buf)
+                                .into_iter::<serde_json::Value>();
+                            let mut consumed = 0;
+                            while let Some(Ok(size)) = sizes.next() {
+                                consumed = sizes.byte_offset();
+                                if let Some(t) = &terminal {
+                                    t.resize(size.to_string().as_bytes());
+                                }
+                            }
+                            resize_buf.drain(..consumed);
+                        }
+                        _ => {}
+                    }
+                }
+                // The client is gone: close stdin, keep waiting for the process.
+                if let Some(mut w) = stdin.take() {
+                    let _ = w.shutdown().await;
+                }
+                futures::future::pending::<()>().await;
+            };
+            let exit = tokio::select! {
+                exit = main => exit,
+                () = input => unreachable!("input never ends"),
+            };
+            match exit {
+                Ok(status) => Ok(status.code().unwrap_or(-1)),
+                Err(e) => Err(format!("waiting for runc exec: {e}")),
+            }
+        }
+    };
+    if let Some(error) = streams.error {
+        let message = match (&outcome, v4) {
+            (Ok(code), true) => Some(exit_status(*code).to_string()),
+            (Err(e), true) => Some(failure(e.clone()).to_string()),
+            (Ok(0), false) => None,
+            (Ok(code), false) => Some(format!(
+                "command terminated with non-zero exit code: exit status {code}"
+            )),
+            (Err(e), false) => Some(e.clone()),
+        };
+        if let Some(message) = message {
+            tx.data(error, message.as_bytes()).await;
+        }
+    }
+    for id in [streams.stdout, streams.stderr, streams.error]
+        .into_iter()
+        .flatten()
+    {
+        tx.fin(id).await;
+    }
+    drop(tx);
+    session.close().await;
+}
+
+/// Copies `reader` to SPDY stream `id` until it ends.
+async fn pump_spdy(id: u32, mut reader: Reader, tx: super::spdy::Sender) {
+    let mut buf = vec![0u8; super::spdy::MAX_DATA];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if !tx.data(id, &buf[..n]).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,12 +9,15 @@
 //!
 //! Built: exec over WebSocket with channel protocols v4 and v5 ([`websocket`], [`exec`]),
 //! with or without a terminal; attach to a container's output ([`attach`]); port
-//! forwarding over WebSocket ([`portforward`]). Not built yet: SPDY/3.1 (a `SPDY/3.1`
-//! upgrade request is refused), terminals for attach.
+//! forwarding over WebSocket ([`portforward`]); exec and port forwarding over SPDY/3.1
+//! ([`spdy`]: an `Upgrade: SPDY/3.1` request is answered with the protocol picked from its
+//! `X-Stream-Protocol-Version` headers). Not built yet: attach over SPDY, terminals for
+//! attach.
 
 pub mod attach;
 pub mod exec;
 pub mod portforward;
+pub mod spdy;
 pub mod tokens;
 pub mod websocket;
 
@@ -38,6 +41,9 @@ pub enum StreamingError {
     /// No token could be issued.
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// Reading or answering an SPDY upgrade request failed.
+    #[error("spdy handshake: {0}")]
+    Spdy(#[source] std::io::Error),
     /// The WebSocket handshake failed (bad request, unknown token, no common protocol).
     #[error("websocket handshake: {0}")]
     Handshake(#[from] tokio_tungstenite::tungstenite::Error),
@@ -161,6 +167,9 @@ impl Streaming {
     }
 
     async fn handle(&self, stream: TcpStream) -> Result<(), StreamingError> {
+        if let Some(head_len) = spdy_upgrade(&stream).await {
+            return self.handle_spdy(stream, head_len).await;
+        }
         let mut accepted = None;
         // The error type is tungstenite's.
         #[allow(clippy::result_large_err)]
@@ -249,6 +258,152 @@ impl Streaming {
                 Ok((pending, protocol, ports))
             }
         }
+    }
+}
+
+/// Exec channel protocols over SPDY, best first.
+const SPDY_EXEC_PROTOCOLS: [&str; 4] = [
+    websocket::V4,
+    "v3.channel.k8s.io",
+    "v2.channel.k8s.io",
+    "channel.k8s.io",
+];
+
+/// How long a client gets to send its request head.
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Looks at (without consuming) the request head; `Some(its length)` when it asks for an
+/// `Upgrade: SPDY/3.1`, `None` otherwise (the WebSocket path reads it then).
+async fn spdy_upgrade(stream: &TcpStream) -> Option<usize> {
+    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        let seen = buf.get(..n)?;
+        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(seen.get(..end)?).to_ascii_lowercase();
+            let spdy = head.lines().any(|line| {
+                line.split_once(':').is_some_and(|(name, value)| {
+                    name.trim() == "upgrade" && value.trim().starts_with("spdy/3")
+                })
+            });
+            return spdy.then_some(end + 4);
+        }
+        if n == buf.len() || tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        // The head is still arriving: peek returns what is buffered, so wait a little.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// A request head: path and query, and header (lower-case name, value) pairs.
+fn parse_head(head: &str) -> Option<(String, Vec<(String, String)>)> {
+    let mut lines = head.split("\r\n");
+    let mut request = lines.next()?.split(' ');
+    let (_method, target) = (request.next()?, request.next()?);
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Some((target.to_string(), headers))
+}
+
+/// The first protocol the client offers (in its order, several headers or a comma list)
+/// that `supported` has; the first supported one when it offers none.
+fn negotiate_spdy(
+    headers: &[(String, String)],
+    supported: &[&'static str],
+) -> Result<&'static str, ()> {
+    let mut offered = headers
+        .iter()
+        .filter(|(n, _)| n == "x-stream-protocol-version")
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .peekable();
+    if offered.peek().is_none() {
+        return supported.last().copied().ok_or(());
+    }
+    offered
+        .find_map(|o| supported.iter().copied().find(|s| *s == o))
+        .ok_or(())
+}
+
+impl Streaming {
+    /// Answers an `Upgrade: SPDY/3.1` request and serves it.
+    async fn handle_spdy(
+        &self,
+        mut stream: TcpStream,
+        head_len: usize,
+    ) -> Result<(), StreamingError> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut head = vec![0u8; head_len];
+        stream
+            .read_exact(&mut head)
+            .await
+            .map_err(StreamingError::Spdy)?;
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let answer = |status: &str, message: &str| {
+            format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{message}",
+                message.len()
+            )
+        };
+        let accepted = (|| {
+            let (target, headers) =
+                parse_head(&head).ok_or(("400 Bad Request", "malformed request"))?;
+            let path = target.split('?').next().unwrap_or_default();
+            let mut parts = path.trim_start_matches('/').split('/');
+            let (Some(kind), Some(token), None) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(("404 Not Found", "no such streaming endpoint"));
+            };
+            let pending = self
+                .tokens
+                .take(token)
+                .filter(|p| p.path() == kind)
+                .ok_or(("404 Not Found", "unknown or expired token"))?;
+            let protocol = match &pending {
+                Pending::Exec(_) => negotiate_spdy(&headers, &SPDY_EXEC_PROTOCOLS),
+                Pending::PortForward { .. } => negotiate_spdy(&headers, &[websocket::PORT_FORWARD]),
+                Pending::Attach { .. } => Err(()),
+            }
+            .map_err(|()| ("403 Forbidden", "no supported X-Stream-Protocol-Version"))?;
+            Ok((pending, protocol))
+        })();
+        let (pending, protocol) = match accepted {
+            Ok(accepted) => accepted,
+            Err((status, message)) => {
+                let _ = stream.write_all(answer(status, message).as_bytes()).await;
+                let _ = stream.shutdown().await;
+                return Ok(());
+            }
+        };
+        let response = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: {protocol}\r\n\r\n"
+        );
+        stream
+            .write_all(response.as_bytes())
+            .await
+            .map_err(StreamingError::Spdy)?;
+        let session = spdy::Session::start(stream);
+        match pending {
+            Pending::Exec(request) => {
+                tracing::debug!(container = %request.container_id, cmd = ?request.cmd, protocol, "exec over spdy");
+                exec::serve_spdy(session, protocol, request, &self.containers).await;
+            }
+            Pending::PortForward { sandbox_id, netns } => {
+                tracing::debug!(sandbox = %sandbox_id, "port-forward over spdy");
+                portforward::serve_spdy(session, sandbox_id, netns).await;
+            }
+            Pending::Attach { .. } => session.close().await,
+        }
+        Ok(())
     }
 }
 

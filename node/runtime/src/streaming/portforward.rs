@@ -145,6 +145,147 @@ pub async fn serve(
     let _ = writer.await;
 }
 
+/// A port-forward request over SPDY: its error and data streams.
+#[derive(Debug, Default)]
+struct SpdyPair {
+    port: u16,
+    error: Option<u32>,
+    data: Option<u32>,
+    started: bool,
+}
+
+/// Serves port forwarding over SPDY/3.1 (`portforward.k8s.io`): the client opens, per
+/// connection it forwards, an error and a data stream with the same `requestID` header and
+/// the `port` header. Once both are there the server connects to `127.0.0.1:<port>` in the
+/// sandbox's netns; a failure is written on the error stream. The connection's output goes
+/// on the data stream, the data stream's input to the connection; when the connection's
+/// side ends both streams are half-closed. Served until the client closes the connection.
+pub async fn serve_spdy(
+    mut session: super::spdy::Session,
+    sandbox_id: String,
+    netns: Option<PathBuf>,
+) {
+    use super::spdy::{Event, REFUSED_STREAM, header};
+    use std::collections::HashMap;
+    let tx = session.sender();
+    let mut pairs: HashMap<String, SpdyPair> = HashMap::new();
+    // Data streams -> the connection's write half (None until connected).
+    let mut writers: HashMap<u32, Option<tokio::net::tcp::OwnedWriteHalf>> = HashMap::new();
+    let mut early: HashMap<u32, (Vec<u8>, bool)> = HashMap::new();
+    let (conn_tx, mut conn_rx) = mpsc::channel::<(u32, Option<tokio::net::tcp::OwnedWriteHalf>)>(8);
+    loop {
+        tokio::select! {
+            connected = conn_rx.recv() => {
+                let Some((id, writer)) = connected else { continue };
+                let Some(mut writer) = writer else {
+                    writers.remove(&id);
+                    continue;
+                };
+                if let Some((data, fin)) = early.remove(&id) {
+                    if !data.is_empty() && writer.write_all(&data).await.is_err() {
+                        continue;
+                    }
+                    if fin {
+                        let _ = writer.shutdown().await;
+                        continue;
+                    }
+                }
+                writers.insert(id, Some(writer));
+            }
+            event = session.events.recv() => {
+                let Some(event) = event else { break };
+                match event {
+                    Event::Open { id, headers } => {
+                        let port = header(&headers, "port").and_then(|p| p.parse::<u16>().ok()).filter(|p| *p > 0);
+                        let request = header(&headers, "requestid").unwrap_or_default().to_string();
+                        let (Some(port), Some(kind)) = (port, header(&headers, "streamtype")) else {
+                            tx.reset(id, REFUSED_STREAM).await;
+                            continue;
+                        };
+                        let pair = pairs.entry(request.clone()).or_default();
+                        pair.port = port;
+                        match kind {
+                            "error" => pair.error = Some(id),
+                            "data" => pair.data = Some(id),
+                            _ => {
+                                tx.reset(id, REFUSED_STREAM).await;
+                                continue;
+                            }
+                        }
+                        if let (Some(error), Some(data), false) = (pair.error, pair.data, pair.started) {
+                            pair.started = true;
+                            writers.insert(data, None);
+                            tokio::spawn(forward_spdy(
+                                (error, data, port),
+                                sandbox_id.clone(),
+                                netns.clone(),
+                                tx.clone(),
+                                conn_tx.clone(),
+                            ));
+                        }
+                    }
+                    Event::Data { id, data } => match writers.get_mut(&id) {
+                        Some(Some(w)) => {
+                            if w.write_all(&data).await.is_err() {
+                                writers.remove(&id);
+                            }
+                        }
+                        Some(None) => early.entry(id).or_default().0.extend(data),
+                        None => {}
+                    },
+                    Event::Fin { id } => match writers.get_mut(&id) {
+                        Some(Some(w)) => {
+                            let _ = w.shutdown().await;
+                            writers.remove(&id);
+                        }
+                        Some(None) => early.entry(id).or_default().1 = true,
+                        None => {}
+                    },
+                }
+            }
+        }
+    }
+    drop(tx);
+    session.close().await;
+}
+
+/// Connects one SPDY port-forward pair and relays the connection's output.
+async fn forward_spdy(
+    (error, data, port): (u32, u32, u16),
+    sandbox_id: String,
+    netns: Option<PathBuf>,
+    tx: super::spdy::Sender,
+    connected: mpsc::Sender<(u32, Option<tokio::net::tcp::OwnedWriteHalf>)>,
+) {
+    match connect(netns, port).await {
+        Ok(stream) => {
+            let (mut read, write) = stream.into_split();
+            if connected.send((data, Some(write))).await.is_err() {
+                return;
+            }
+            let mut buf = vec![0u8; super::spdy::MAX_DATA];
+            loop {
+                match read.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if !tx.data(data, &buf[..n]).await {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            let _ = connected.send((data, None)).await;
+            let message = format!("error forwarding port {port} to pod {sandbox_id}: {e}");
+            tracing::debug!(%message);
+            tx.data(error, message.as_bytes()).await;
+        }
+    }
+    tx.fin(data).await;
+    tx.fin(error).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
