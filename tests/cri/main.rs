@@ -9,6 +9,7 @@
 
 mod cases;
 mod harness;
+mod spdy_client;
 mod stream;
 
 use anyhow::{Context, Result};
@@ -87,5 +88,7 @@ cases!(
     exec_streams_over_websocket,
     exec_negotiates_v5_and_half_closes_stdin,
     port_forward_over_websocket,
+    exec_streams_over_spdy,
+    port_forward_over_spdy,
     attach_streams_output,
 );
