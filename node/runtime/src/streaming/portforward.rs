@@ -224,15 +224,19 @@ pub async fn serve_spdy(
                             ));
                         }
                     }
-                    Event::Data { id, data } => match writers.get_mut(&id) {
-                        Some(Some(w)) => {
-                            if w.write_all(&data).await.is_err() {
-                                writers.remove(&id);
+                    Event::Data { id, data } => {
+                        let failed = match writers.get_mut(&id) {
+                            Some(Some(w)) => w.write_all(&data).await.is_err(),
+                            Some(None) => {
+                                early.entry(id).or_default().0.extend(data);
+                                false
                             }
+                            None => false,
+                        };
+                        if failed {
+                            writers.remove(&id);
                         }
-                        Some(None) => early.entry(id).or_default().0.extend(data),
-                        None => {}
-                    },
+                    }
                     Event::Fin { id } => match writers.get_mut(&id) {
                         Some(Some(w)) => {
                             let _ = w.shutdown().await;
