@@ -70,6 +70,10 @@ enum CrictlCommand {
         /// Use ExecSync (collect the output, no stdin) instead of streaming.
         #[arg(short, long)]
         sync: bool,
+        /// The streaming transport: `websocket` (v5/v4 channel protocols) or `spdy`
+        /// (SPDY/3.1 with v4, as kubectl before 1.30).
+        #[arg(long, default_value = "websocket", value_parser = ["websocket", "spdy"])]
+        transport: String,
         id: String,
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
@@ -331,6 +335,7 @@ pub async fn run(args: CrictlArgs) -> Result<()> {
             interactive,
             tty,
             sync: false,
+            transport,
             id,
             command,
         } => {
@@ -346,7 +351,11 @@ pub async fn run(args: CrictlArgs) -> Result<()> {
                 .await?
                 .into_inner()
                 .url;
-            let code = crate::crictl_stream::exec(&url, interactive, tty).await?;
+            let code = if transport == "spdy" {
+                crate::crictl_spdy::exec(&url, interactive, tty).await?
+            } else {
+                crate::crictl_stream::exec(&url, interactive, tty).await?
+            };
             exit_with(code);
         }
         CrictlCommand::Attach { id } => {

@@ -15,12 +15,12 @@ const V5: &str = "v5.channel.k8s.io";
 const V4: &str = "v4.channel.k8s.io";
 
 /// Puts stdin's terminal in raw mode until dropped.
-struct RawMode {
+pub(crate) struct RawMode {
     saved: rustix::termios::Termios,
 }
 
 impl RawMode {
-    fn enter() -> Result<RawMode> {
+    pub(crate) fn enter() -> Result<RawMode> {
         let stdin = std::io::stdin();
         let saved = rustix::termios::tcgetattr(&stdin).context("reading terminal settings")?;
         let mut raw = saved.clone();
@@ -53,7 +53,7 @@ fn resize_message() -> Option<Message> {
 }
 
 /// The exit code a final status reports.
-fn exit_code(status: &serde_json::Value) -> Result<i32> {
+pub(crate) fn exit_code(status: &serde_json::Value) -> Result<i32> {
     match status["status"].as_str() {
         Some("Success") => Ok(0),
         Some("Failure") if status["reason"] == "NonZeroExitCode" => status["details"]["causes"]

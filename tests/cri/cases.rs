@@ -1473,6 +1473,33 @@ pub async fn crictl_drives_the_runtime(lab: &mut Lab) -> Result<()> {
         out.status.code() == Some(3) && out.stderr == b"bad\n",
         "{out:?}"
     );
+    // The same over SPDY/3.1: streams separated, the exit code, stdin ended with a FIN.
+    let out = tokio::task::block_in_place(|| {
+        crictl_command(&[
+            "exec",
+            "--transport",
+            "spdy",
+            &id,
+            "sh",
+            "-c",
+            "echo good; echo bad >&2; exit 3",
+        ])
+        .output()
+    })?;
+    ensure!(
+        out.status.code() == Some(3) && out.stdout == b"good\n" && out.stderr == b"bad\n",
+        "{out:?}"
+    );
+    let out = tokio::task::block_in_place(|| -> Result<std::process::Output> {
+        let mut child = crictl_command(&["exec", "--transport", "spdy", "-i", &id, "cat"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        child.stdin.take().context("stdin")?.write_all(b"typed\n")?;
+        Ok(child.wait_with_output()?)
+    })?;
+    ensure!(out.status.success() && out.stdout == b"typed\n", "{out:?}");
     let logs = tokio::task::block_in_place(|| crictl(&["logs", &id]))?;
     ensure!(logs == "from-main\n", "{logs:?}");
     tokio::task::block_in_place(|| crictl(&["stop", "--grace", "1", &id]))?;
