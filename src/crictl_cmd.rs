@@ -86,6 +86,9 @@ enum CrictlCommand {
         /// `LOCAL:REMOTE` (or `PORT` for both); listens on 127.0.0.1.
         #[arg(required = true)]
         ports: Vec<String>,
+        /// The streaming transport: `websocket` or `spdy` (SPDY/3.1, `portforward.k8s.io`).
+        #[arg(long, default_value = "websocket", value_parser = ["websocket", "spdy"])]
+        transport: String,
     },
     /// Print a container's log (its CRI log file, stdout and stderr to theirs).
     Logs { id: String },
@@ -373,8 +376,12 @@ pub async fn run(args: CrictlArgs) -> Result<()> {
             let code = crate::crictl_stream::exec(&url, false, false).await?;
             exit_with(code);
         }
-        CrictlCommand::PortForward { pod, ports } => {
-            crate::crictl_stream::port_forward(runtime, pod, &ports).await?;
+        CrictlCommand::PortForward {
+            pod,
+            ports,
+            transport,
+        } => {
+            crate::crictl_stream::port_forward(runtime, pod, &ports, transport == "spdy").await?;
         }
         CrictlCommand::Exec { id, command, .. } => {
             let out = runtime

@@ -19,19 +19,20 @@ fn resize_payload() -> Option<Vec<u8>> {
     Some(format!("{json}\n").into_bytes())
 }
 
-/// Runs an exec session on `url` over SPDY; the command's exit code.
-pub async fn exec(url: &str, stdin: bool, tty: bool) -> Result<i32> {
+fn split(url: &str) -> Result<(&str, &str)> {
     let rest = url
         .strip_prefix("http://")
         .with_context(|| format!("unsupported streaming URL {url}"))?;
-    let (host, path) = rest
-        .split_once('/')
-        .context("streaming URL without a path")?;
+    rest.split_once('/').context("streaming URL without a path")
+}
+
+/// Connects to `host` and upgrades `/path` to SPDY/3.1 offering `protocol`.
+async fn upgrade(host: &str, path: &str, protocol: &str) -> Result<tokio::net::TcpStream> {
     let mut tcp = tokio::net::TcpStream::connect(host)
         .await
-        .with_context(|| format!("connecting to {url}"))?;
+        .with_context(|| format!("connecting to {host}"))?;
     let request = format!(
-        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: {V4}\r\n\r\n"
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: {protocol}\r\n\r\n"
     );
     tcp.write_all(request.as_bytes()).await?;
     let mut head = Vec::new();
@@ -49,6 +50,128 @@ pub async fn exec(url: &str, stdin: bool, tty: bool) -> Result<i32> {
     if !head.starts_with("HTTP/1.1 101") {
         bail!("the streaming server refused the upgrade: {head}");
     }
+    Ok(tcp)
+}
+
+/// Relays one local connection through a port-forward URL over SPDY
+/// (`portforward.k8s.io`): an error and a data stream for `port`, request ID 0.
+pub async fn forward(url: &str, port: u16, conn: tokio::net::TcpStream) -> Result<()> {
+    let (host, path) = split(url)?;
+    let tcp = upgrade(host, path, "portforward.k8s.io").await?;
+    let (mut reader, mut writer) = tcp.into_split();
+    let mut codec = HeaderCodec::new();
+    let port_s = port.to_string();
+    let headers = |kind: &str| {
+        vec![
+            ("streamtype".to_string(), kind.to_string()),
+            ("port".to_string(), port_s.clone()),
+            ("requestid".to_string(), "0".to_string()),
+        ]
+    };
+    let (error, data) = (1u32, 3u32);
+    for (id, kind) in [(error, "error"), (data, "data")] {
+        let frame = Frame::SynStream {
+            id,
+            flags: 0,
+            headers: headers(kind),
+        };
+        writer.write_all(&encode_frame(&frame, &mut codec)?).await?;
+    }
+    let (mut local_read, mut local_write) = conn.into_split();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Frame>(16);
+    let (replied_tx, replied_rx) = tokio::sync::oneshot::channel::<()>();
+    let send = tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            let Ok(bytes) = encode_frame(&frame, &mut codec) else {
+                return;
+            };
+            if writer.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    let upstream_tx = tx.clone();
+    let upstream = tokio::spawn(async move {
+        if replied_rx.await.is_err() {
+            return;
+        }
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match local_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let frame = Frame::Data {
+                        id: data,
+                        flags: 0,
+                        data: buf[..n].to_vec(),
+                    };
+                    if upstream_tx.send(frame).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let fin = Frame::Data {
+            id: data,
+            flags: FLAG_FIN,
+            data: Vec::new(),
+        };
+        let _ = upstream_tx.send(fin).await;
+    });
+    let mut codec = HeaderCodec::new();
+    let mut replies = 0;
+    let mut replied_tx = Some(replied_tx);
+    while let Some(frame) = read_frame(&mut reader, &mut codec).await? {
+        match frame {
+            Frame::SynReply { .. } => {
+                replies += 1;
+                if replies == 2
+                    && let Some(r) = replied_tx.take()
+                {
+                    let _ = r.send(());
+                }
+            }
+            Frame::Data {
+                id,
+                flags,
+                data: payload,
+            } if id == data => {
+                if local_write.write_all(&payload).await.is_err() {
+                    break;
+                }
+                if flags & FLAG_FIN != 0 {
+                    break;
+                }
+            }
+            Frame::Data {
+                id, data: payload, ..
+            } if id == error && !payload.is_empty() => {
+                eprintln!("port-forward error: {}", String::from_utf8_lossy(&payload));
+            }
+            Frame::RstStream { id, .. } if id == data => break,
+            Frame::Ping(id) => {
+                let _ = tx.send(Frame::Ping(id)).await;
+            }
+            Frame::GoAway { .. } => break,
+            _ => {}
+        }
+    }
+    let _ = local_write.shutdown().await;
+    upstream.abort();
+    drop(tx);
+    let _ = send.await;
+    Ok(())
+}
+
+/// Runs an exec session on `url` over SPDY; the command's exit code.
+pub async fn exec(url: &str, stdin: bool, tty: bool) -> Result<i32> {
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("unsupported streaming URL {url}"))?;
+    let (host, path) = rest
+        .split_once('/')
+        .context("streaming URL without a path")?;
+    let tcp = upgrade(host, path, V4).await?;
     let (mut reader, mut writer) = tcp.into_split();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Frame>(16);
     tokio::spawn(async move {

@@ -196,6 +196,7 @@ pub async fn port_forward(
     runtime: k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
     pod: String,
     mappings: &[String],
+    spdy: bool,
 ) -> Result<()> {
     let mut listeners = Vec::new();
     for mapping in mappings {
@@ -227,6 +228,7 @@ pub async fn port_forward(
                         .await
                         .map(|r| r.into_inner().url);
                     let result = match url {
+                        Ok(url) if spdy => crate::crictl_spdy::forward(&url, remote, conn).await,
                         Ok(url) => forward(&url, remote, conn).await,
                         Err(e) => Err(e.into()),
                     };

@@ -1978,6 +1978,49 @@ pub async fn port_forward_over_spdy(lab: &mut Lab) -> Result<()> {
         }
     };
     ensure!(data == b"spdy ping\n", "{data:?}");
+
+    // `ferrokube crictl port-forward --transport spdy` in the lab namespace.
+    let socket = format!("unix://{}", lab.dir.path().join("cri.sock").display());
+    let child = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", lab.node.path().display()))
+        .arg("--")
+        .arg(crate::harness::BIN)
+        .args([
+            "crictl",
+            "--runtime-endpoint",
+            &socket,
+            "port-forward",
+            "--transport",
+            "spdy",
+            &pod_id,
+            "18081:8080",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut forwarder = KillOnDrop(child);
+    let stdout = forwarder.0.stdout.take().context("stdout")?;
+    let line = tokio::task::block_in_place(|| -> Result<String> {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+        Ok(line)
+    })?;
+    ensure!(line.contains("127.0.0.1:18081 -> 8080"), "{line:?}");
+    let echoed = lab.node.run_in(|| {
+        let mut conn = TcpStream::connect("127.0.0.1:18081")?;
+        conn.set_read_timeout(Some(Duration::from_secs(20)))?;
+        conn.write_all(b"spdy via crictl\n")?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while !got.ends_with(b"spdy via crictl\n") {
+            let n = conn.read(&mut buf)?;
+            ensure!(n > 0, "closed after {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        Ok(got)
+    })?;
+    ensure!(echoed == b"spdy via crictl\n", "{echoed:?}");
+    drop(forwarder);
     remove_pod(lab, pod.0).await?;
     Ok(())
 }
