@@ -58,7 +58,8 @@ enum CrictlCommand {
     /// Container status, as JSON.
     Inspect { id: String },
     /// Run a command in a running container. As real crictl: streams through the
-    /// runtime's streaming server (Exec + WebSocket) unless --sync asks for ExecSync;
+    /// runtime's streaming server (Exec + WebSocket, or SPDY/3.1 with --transport spdy)
+    /// unless --sync asks for ExecSync;
     /// exits with the command's exit code.
     Exec {
         /// Pass stdin to the command.
@@ -80,7 +81,8 @@ enum CrictlCommand {
     },
     /// Stream a running container's output (Attach + WebSocket) until it exits.
     Attach { id: String },
-    /// Forward local TCP ports to a pod (PortForward + WebSocket), until interrupted.
+    /// Forward local TCP ports to a pod (PortForward + WebSocket or SPDY), until
+    /// interrupted.
     PortForward {
         pod: String,
         /// `LOCAL:REMOTE` (or `PORT` for both); listens on 127.0.0.1.
