@@ -412,3 +412,54 @@ fn refuse(status: StatusCode, message: &str) -> ErrorResponse {
     *response.status_mut() = status;
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(values: &[&str]) -> Vec<(String, String)> {
+        values
+            .iter()
+            .map(|v| ("x-stream-protocol-version".to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn spdy_negotiation_follows_the_clients_order() {
+        let kubectl = offer(&[
+            "v4.channel.k8s.io",
+            "v3.channel.k8s.io",
+            "v2.channel.k8s.io",
+            "channel.k8s.io",
+        ]);
+        assert_eq!(
+            negotiate_spdy(&kubectl, &SPDY_EXEC_PROTOCOLS),
+            Ok("v4.channel.k8s.io")
+        );
+        let old = offer(&["v5.channel.k8s.io, v2.channel.k8s.io"]);
+        assert_eq!(
+            negotiate_spdy(&old, &SPDY_EXEC_PROTOCOLS),
+            Ok("v2.channel.k8s.io")
+        );
+        assert_eq!(
+            negotiate_spdy(&offer(&["portforward.k8s.io"]), &SPDY_EXEC_PROTOCOLS),
+            Err(())
+        );
+        // No offer: the oldest protocol, as upstream's handshake.
+        assert_eq!(
+            negotiate_spdy(&[], &SPDY_EXEC_PROTOCOLS),
+            Ok("channel.k8s.io")
+        );
+    }
+
+    #[test]
+    fn request_heads_parse() {
+        let (target, headers) = parse_head(
+            "GET /exec/abc?x=1 HTTP/1.1\r\nHost: h\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io",
+        )
+        .unwrap();
+        assert_eq!(target, "/exec/abc?x=1");
+        assert!(headers.contains(&("upgrade".to_string(), "SPDY/3.1".to_string())));
+        assert_eq!(parse_head(""), None);
+    }
+}
