@@ -172,6 +172,7 @@ pub async fn serve_spdy(
     // Data streams -> the connection's write half (None until connected).
     let mut writers: HashMap<u32, Option<tokio::net::tcp::OwnedWriteHalf>> = HashMap::new();
     let mut early: HashMap<u32, (Vec<u8>, bool)> = HashMap::new();
+    let mut forwards = Vec::new();
     let (conn_tx, mut conn_rx) = mpsc::channel::<(u32, Option<tokio::net::tcp::OwnedWriteHalf>)>(8);
     loop {
         tokio::select! {
@@ -215,13 +216,13 @@ pub async fn serve_spdy(
                         if let (Some(error), Some(data), false) = (pair.error, pair.data, pair.started) {
                             pair.started = true;
                             writers.insert(data, None);
-                            tokio::spawn(forward_spdy(
+                            forwards.push(tokio::spawn(forward_spdy(
                                 (error, data, port),
                                 sandbox_id.clone(),
                                 netns.clone(),
                                 tx.clone(),
                                 conn_tx.clone(),
-                            ));
+                            )));
                         }
                     }
                     Event::Data { id, data } => {
@@ -248,6 +249,10 @@ pub async fn serve_spdy(
                 }
             }
         }
+    }
+    // The client is gone: so are the pod connections it forwarded.
+    for forward in forwards {
+        forward.abort();
     }
     drop(tx);
     session.close().await;

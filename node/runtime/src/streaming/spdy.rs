@@ -38,6 +38,8 @@ const SETTINGS_INITIAL_WINDOW_SIZE: u32 = 7;
 const MAX_FRAME: usize = 1 << 20;
 /// Largest decompressed header block accepted.
 const MAX_HEADERS: usize = 256 * 1024;
+/// How long closing waits for queued frames to go out.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Largest DATA payload we send.
 pub const MAX_DATA: usize = 32 * 1024;
 
@@ -727,8 +729,15 @@ impl Session {
         if let Some(reader) = tasks.first() {
             reader.abort();
         }
-        for task in tasks.drain(..) {
-            let _ = task.await;
+        // The writer ends once every sender is gone; a peer that stopped reading gets a
+        // bounded wait, then the connection is dropped.
+        for mut task in tasks.drain(..) {
+            if tokio::time::timeout(CLOSE_TIMEOUT, &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
         }
     }
 }
