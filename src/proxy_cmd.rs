@@ -133,6 +133,10 @@ struct RunArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9474).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// The eBPF programs log each translation and refusal (aya-log), forwarded to this
+    /// process's log (target `ferrokube_proxy::bpf`). Off by default (no cost when off).
+    #[arg(long)]
+    bpf_log: bool,
 }
 
 pub async fn run(args: ProxyArgs) -> Result<()> {
@@ -201,6 +205,7 @@ async fn serve(args: RunArgs) -> Result<()> {
     };
     config.interface = args.interface;
     config.node_ips = args.node_ips;
+    config.bpf_log = args.bpf_log;
     config.lb_algorithm = args.lb_algorithm;
     config.maglev = ferrokube_proxy::Maglev {
         size: args.maglev_table_size,
@@ -221,6 +226,7 @@ async fn serve(args: RunArgs) -> Result<()> {
     let first = source::read_file(&file)?;
     let mut agent = Agent::start(&config).context("starting the dataplane")?;
     let _metrics = start_metrics(&mut agent, args.metrics_addr).await?;
+    let _bpf_log = forward_bpf_logs(&mut agent, args.bpf_log)?;
     if let Some(stats) = first_apply(&mut agent, first, args.once)? {
         info!(writes = stats.total(), ?stats, "applied {}", file.display());
     }
@@ -261,6 +267,29 @@ async fn start_metrics(
     let task = tokio::spawn(async move {
         if let Err(e) = metrics::serve(listener, published).await {
             error!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok(Some(AbortOnDrop(task)))
+}
+
+/// With `on`, forwards the programs' log records to `tracing`, until the returned task is
+/// dropped.
+fn forward_bpf_logs(agent: &mut Agent, on: bool) -> Result<Option<AbortOnDrop>> {
+    if !on {
+        return Ok(None);
+    }
+    let Some(logs) = agent.dataplane_mut().take_bpf_logs() else {
+        bail!("--bpf-log: the programs' log ring could not be opened");
+    };
+    // Read every 100 ms, like `proxy events` (a readiness wait on the ring's fd would
+    // need tokio's unsafe `AsyncFd::register`; the workspace denies unsafe code). The
+    // ring holds 128 KiB of records in between.
+    let mut logs = logs;
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            logs.flush();
         }
     });
     Ok(Some(AbortOnDrop(task)))
@@ -324,6 +353,7 @@ async fn serve_apiserver(
     let mut inputs = source::watch(client);
     let mut agent = Agent::start(config).context("starting the dataplane")?;
     let _metrics = start_metrics(&mut agent, metrics_addr).await?;
+    let _bpf_log = forward_bpf_logs(&mut agent, config.bpf_log)?;
     loop {
         match inputs.next().await {
             Some(Ok(first)) => {

@@ -20,6 +20,20 @@ use crate::maps::{
     AFFINITY, BACKEND_STATS, BACKENDS, REVNAT, SERVICE_STATS, SERVICES, SLOTS, emit,
 };
 
+/// Set to 1 at load time (`ferrokube proxy --bpf-log`) to send aya-log records; 0 (the
+/// default) skips every log call behind one load from `.rodata`, which the verifier
+/// knows is constant, so the logging code is dead and costs nothing.
+#[unsafe(no_mangle)]
+static FK_LOG: u8 = 0;
+
+/// Whether logging is on ([`FK_LOG`]).
+#[inline(always)]
+pub(crate) fn log_on() -> bool {
+    // SAFETY: a read of a global the loader may patch before load; volatile so the
+    // compiler does not fold it to its initial 0.
+    unsafe { core::ptr::read_volatile(&FK_LOG) != 0 }
+}
+
 /// Hook verdicts.
 const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
@@ -60,6 +74,9 @@ fn translate4(ctx: &SockAddrContext, connect: bool) -> i32 {
         Verdict::Pass => ALLOW,
         Verdict::Refuse(service_id) => {
             count(&SERVICE_STATS, service_id, false);
+            if log_on() {
+                aya_log_ebpf::info!(ctx, "refused: service {} has no backend", service_id);
+            }
             // SAFETY: a helper call with a plain integer; allowed on cgroup sock_addr hooks
             // (kernel >= 5.18) and makes the syscall fail with this errno.
             unsafe { bpf_set_retval(-ECONNREFUSED) };
@@ -110,7 +127,23 @@ fn try_translate4(ctx: &SockAddrContext, connect: bool) -> Verdict {
     };
     // A full LRU evicts the oldest entry; an error here only loses the reverse
     // translation of this socket, never the connection.
-    let _ = REVNAT.insert(&rev_key, &rev_value, 0);
+    if REVNAT.insert(&rev_key, &rev_value, 0).is_err() && log_on() {
+        aya_log_ebpf::warn!(
+            ctx,
+            "reverse translation not recorded for cookie {}",
+            cookie
+        );
+    }
+    if log_on() {
+        aya_log_ebpf::info!(
+            ctx,
+            "translated: service {} -> backend {} {:i}:{}",
+            service.service_id,
+            backend_id,
+            u32::from_be(backend.addr[0]),
+            u16::from_be(backend.port)
+        );
+    }
     sa.user_ip4 = backend.addr[0];
     sa.user_port = u32::from(backend.port);
     count(&SERVICE_STATS, service.service_id, true);

@@ -24,7 +24,10 @@
 //!
 //! Arguments: `--out FILE` (JSON, merged into the programming results under "traffic"),
 //! `--sizes 1,1000,10000,30000`, `--seconds S` per point, `--threads T` client threads,
-//! `--iptables-timeout S` (a restore that takes longer is killed and the column says so).
+//! `--iptables-timeout S` (a restore that takes longer is killed and the column says so),
+//! `--sock-only` (only the socket LB and its baselines: direct, and direct from the
+//! load-balanced cgroup, "direct-cg", where every `connect` runs the hooks and none
+//! matches).
 
 mod common;
 
@@ -289,6 +292,13 @@ struct Rates {
 }
 
 impl Rates {
+    fn not_run() -> Self {
+        Self {
+            why: Some("not run (--sock-only)".into()),
+            ..Self::default()
+        }
+    }
+
     fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "short_connections_per_s": self.short,
@@ -336,6 +346,9 @@ struct Row {
     iptables: Rates,
     nftables: Rates,
     direct: Rates,
+    /// The direct connection from a client in the load-balanced cgroup (every `connect`
+    /// runs the hooks, none matches): the socket LB's fair baseline.
+    direct_cg: Rates,
     direct_outside: Rates,
 }
 
@@ -344,6 +357,7 @@ fn cell(r: &Rates, short: bool) -> String {
         (Some(v), _) => format!("{v:.0}"),
         (None, Some(why)) if why.starts_with("killed") => "timeout".into(),
         (None, Some(why)) if why.starts_with("not installed") => "no nft".into(),
+        (None, Some(why)) if why.starts_with("not run") => "-".into(),
         (None, Some(_)) => "failed".into(),
         (None, None) => "n/a".into(),
     }
@@ -352,31 +366,35 @@ fn cell(r: &Rates, short: bool) -> String {
 fn print_rates(rows: &[Row], short: bool) {
     let pick = |r: &Rates| if short { r.short } else { r.rr };
     println!(
-        "{:>6} | {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} | {:>8} {:>8} {:>8} {:>11}",
+        "{:>6} | {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} | {:>8} {:>8} {:>8} {:>8} {:>11}",
         "N",
         "socket LB",
         "tc path",
         "iptables",
         "nftables",
         "direct",
+        "direct-cg",
         "direct-out",
         "sock/ipt",
         "sock/dir",
+        "sock/dcg",
         "nft/ipt",
         "tc/dir-out"
     );
     for row in rows {
         println!(
-            "{:>6} | {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} | {:>8} {:>8} {:>8} {:>11}",
+            "{:>6} | {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} | {:>8} {:>8} {:>8} {:>8} {:>11}",
             row.n,
             cell(&row.ours, short),
             cell(&row.tc, short),
             cell(&row.iptables, short),
             cell(&row.nftables, short),
             cell(&row.direct, short),
+            cell(&row.direct_cg, short),
             cell(&row.direct_outside, short),
             ratio(pick(&row.ours), pick(&row.iptables)),
             ratio(pick(&row.ours), pick(&row.direct)),
+            ratio(pick(&row.ours), pick(&row.direct_cg)),
             ratio(pick(&row.nftables), pick(&row.iptables)),
             ratio(pick(&row.tc), pick(&row.direct_outside)),
         );
@@ -435,6 +453,7 @@ fn main() -> Result<()> {
     let mut sizes = vec![1u32, 1000, 10_000, 30_000];
     let (mut seconds, mut threads) = (3u64, 4usize);
     let mut limit = Duration::from_secs(180);
+    let mut sock_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -447,6 +466,7 @@ fn main() -> Result<()> {
                     .map(str::parse)
                     .collect::<Result<_, _>>()?
             }
+            "--sock-only" => sock_only = true,
             "--seconds" => seconds = args.next().context("--seconds S")?.parse()?,
             "--threads" => threads = args.next().context("--threads T")?.parse()?,
             "--iptables-timeout" => {
@@ -541,8 +561,36 @@ fn main() -> Result<()> {
             let lab = ClientLab::new()?;
             rates(lab.client(), Some(&cgroup), &target, seconds, threads)?
         };
+        // The fair baseline: the same client, in the same cgroup with the same N Services
+        // programmed, straight to the backends (the hooks run and match nothing).
+        eprintln!("N = {n}: direct from the load-balanced cgroup");
+        let direct_cg = {
+            let lab = ClientLab::new()?;
+            rates(
+                lab.client(),
+                Some(&cgroup),
+                &direct_addrs.join(","),
+                seconds,
+                threads,
+            )?
+        };
         // Empty the maps so the next modes see no socket load balancing.
         agent.apply(Input::Snapshot(Vec::new()))?;
+        if sock_only {
+            let row = Row {
+                n,
+                ours,
+                tc: Rates::not_run(),
+                iptables: Rates::not_run(),
+                nftables: Rates::not_run(),
+                direct: direct.clone(),
+                direct_cg,
+                direct_outside: direct_outside.clone(),
+            };
+            print_rates(std::slice::from_ref(&row), true);
+            rows.push(row);
+            continue;
+        }
 
         eprintln!("N = {n}: tc path");
         let tc_objects =
@@ -605,6 +653,7 @@ fn main() -> Result<()> {
             iptables,
             nftables,
             direct: direct.clone(),
+            direct_cg,
             direct_outside: direct_outside.clone(),
         };
         print_rates(std::slice::from_ref(&row), true);
@@ -618,6 +667,7 @@ fn main() -> Result<()> {
             "nftables": row.nftables.json(),
             "nftables_load_ms": nft_load,
             "direct": row.direct.json(),
+            "direct_in_lb_cgroup": row.direct_cg.json(),
             "direct_outside": row.direct_outside.json(),
         }));
         rows.push(row);

@@ -70,6 +70,11 @@ impl Agent {
         &self.dataplane
     }
 
+    /// The loaded programs, mutably (to read or take their log records).
+    pub fn dataplane_mut(&mut self) -> &mut Dataplane {
+        &mut self.dataplane
+    }
+
     /// The sync layer.
     pub fn syncer(&self) -> &Syncer<KernelMaps> {
         &self.syncer

@@ -18,6 +18,7 @@
 
 pub mod agent;
 pub mod bpffs;
+pub mod bpflog;
 pub mod events;
 pub mod list;
 pub mod loader;

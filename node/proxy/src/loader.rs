@@ -23,6 +23,10 @@ use ferrokube_ebpf_common::{FAMILY_V4, NodeConfig, ct, maglev, map_names, progra
 use tracing::{info, warn};
 
 use crate::bpffs::{self, BpffsError};
+use crate::bpflog::BpfLogs;
+
+/// The programs' logging switch (a `.rodata` global of `sock.rs`).
+const BPF_LOG_GLOBAL: &str = "FK_LOG";
 use crate::maps::{KernelMaps, MapsError};
 use crate::model::LbAlgorithm;
 
@@ -198,6 +202,11 @@ pub struct Config {
     pub lb_algorithm: LbAlgorithm,
     /// Maglev lookup tables (used when the maps are created; pinned maps keep theirs).
     pub maglev: Maglev,
+    /// The programs send aya-log records (translation, refusal, reverse translation not
+    /// recorded) to [`Dataplane::bpf_logs`]. Off by default: then the log calls are dead
+    /// code. Applies to the programs this start attaches; adopted links keep the setting
+    /// they were loaded with.
+    pub bpf_log: bool,
 }
 
 /// Maglev lookup-table settings.
@@ -276,6 +285,7 @@ impl Config {
             xdp: XdpMode::Off,
             lb_algorithm: LbAlgorithm::Random,
             maglev: Maglev::default(),
+            bpf_log: false,
         }
     }
 }
@@ -284,6 +294,7 @@ impl Config {
 #[derive(Debug)]
 pub struct Dataplane {
     _ebpf: Ebpf,
+    bpf_logs: Option<BpfLogs>,
     pin_dir: PathBuf,
     adopted_links: usize,
     node_ips: Vec<Ipv4Addr>,
@@ -326,7 +337,15 @@ impl Dataplane {
             .map_max_entries(map_names::SERVICE_STATS, sizes.services + 1)
             .map_max_entries(map_names::BACKEND_STATS, sizes.backends + 1)
             .map_max_entries(map_names::MAGLEV, maglev_entries)
+            .override_global(BPF_LOG_GLOBAL, &u8::from(config.bpf_log), true)
             .load(OBJECT)?;
+        let bpf_logs = match BpfLogs::open(&mut ebpf) {
+            Ok(logs) => Some(logs),
+            Err(e) => {
+                warn!(error = %e, "the programs' log records cannot be read");
+                None
+            }
+        };
         check_maglev_map(&ebpf, maglev_entries, config.maglev)?;
         let node_ips = match (&config.interface, config.node_ips.is_empty()) {
             (Some(interface), true) => interface_ipv4s(interface)?,
@@ -389,6 +408,7 @@ impl Dataplane {
         Ok((
             Self {
                 _ebpf: ebpf,
+                bpf_logs,
                 pin_dir,
                 adopted_links,
                 node_ips,
@@ -396,6 +416,17 @@ impl Dataplane {
             },
             maps,
         ))
+    }
+
+    /// The reader of the programs' log records (see [`Config::bpf_log`]); `None` if the
+    /// ring could not be opened or was taken.
+    pub fn bpf_logs(&mut self) -> Option<&mut BpfLogs> {
+        self.bpf_logs.as_mut()
+    }
+
+    /// Takes the log reader (to poll it elsewhere).
+    pub fn take_bpf_logs(&mut self) -> Option<BpfLogs> {
+        self.bpf_logs.take()
     }
 
     /// The node addresses in use (given, or read from the external interface).

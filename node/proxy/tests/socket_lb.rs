@@ -54,12 +54,17 @@ impl Harness {
     }
 
     fn with_sizes(backends: u8, sizes: Sizes) -> Result<Self> {
+        Self::build(backends, sizes, false)
+    }
+
+    fn build(backends: u8, sizes: Sizes, bpf_log: bool) -> Result<Self> {
         let lab = Lab::new(backends)?;
         let servers = EchoServers::start(&lab.pods.path(), &lab.pod_addrs, PORT)?;
         let cgroup = TestCgroup::new(&unique_name("ferrokube-test-"))?;
         let node = unique_name("test-node-");
         let mut config = Config::new(node.clone(), cgroup.path());
         config.sizes = sizes;
+        config.bpf_log = bpf_log;
         let pins = Pins {
             bpffs: config.bpffs.clone(),
             node,
@@ -524,5 +529,71 @@ fn a_full_map_is_a_clear_error_and_the_dataplane_stays_consistent() -> Result<()
     for frontend in &listed[0].frontends {
         assert_eq!(frontend.backends.len(), 1, "{frontend:?}");
     }
+    Ok(())
+}
+
+/// The programs' log records read (and forwarded to tracing) now.
+fn bpf_log_lines(h: &mut Harness) -> Result<Vec<String>> {
+    Ok(h.agent()
+        .dataplane_mut()
+        .bpf_logs()
+        .context("the log reader opens on every start")?
+        .flush())
+}
+
+#[test]
+fn bpf_log_reports_translations_and_refusals_only_when_on() -> Result<()> {
+    assert!(
+        !Config::new("node", "/sys/fs/cgroup").bpf_log,
+        "off by default"
+    );
+    let sizes = Sizes {
+        services: 256,
+        backends: 256,
+        slots: 1024,
+        revnat: 1024,
+        affinity: 1024,
+        ct: 1024,
+    };
+
+    // Off: a translation and a refusal write no record.
+    let mut off = Harness::build(1, sizes, false)?;
+    let pods = vec![off.pod(0)];
+    off.apply_yaml(&yaml(&pods))?;
+    replies(&off.probe("tcp", "10.96.0.10:80", 2)?, "10.96.0.10:80")?;
+    off.apply_yaml(&yaml(&[]))?;
+    assert_eq!(
+        off.probe("tcp", "10.96.0.10:80", 1)?,
+        vec![Outcome::Err("refused".into())]
+    );
+    assert_eq!(bpf_log_lines(&mut off)?, Vec::<String>::new());
+    drop(off);
+
+    // On: one record per translation (Service, backend id, backend address) and per
+    // refusal, written before connect() returns.
+    let mut on = Harness::build(1, sizes, true)?;
+    let pods = vec![on.pod(0)];
+    on.apply_yaml(&yaml(&pods))?;
+    replies(&on.probe("tcp", "10.96.0.10:80", 2)?, "10.96.0.10:80")?;
+    let lines = bpf_log_lines(&mut on)?;
+    let translated: Vec<&String> = lines
+        .iter()
+        .filter(|l| {
+            l.starts_with("translated: service ") && l.ends_with(&format!("{}:{PORT}", pods[0]))
+        })
+        .collect();
+    assert_eq!(translated.len(), 2, "{lines:?}");
+    on.apply_yaml(&yaml(&[]))?;
+    assert_eq!(
+        on.probe("tcp", "10.96.0.10:80", 1)?,
+        vec![Outcome::Err("refused".into())]
+    );
+    let lines = bpf_log_lines(&mut on)?;
+    assert!(
+        lines.len() == 1
+            && lines[0].starts_with("refused: service ")
+            && lines[0].ends_with(" has no backend"),
+        "{lines:?}"
+    );
     Ok(())
 }
