@@ -11,7 +11,8 @@
 //! and the proportional set size (PSS, so the shared binary text counts once) of
 //! everything the runtime keeps per pod: the daemon, its shims (ours: one
 //! `ferrokube runtime-shim` per container; containerd: one `containerd-shim-runc-v2` per
-//! pod) and containerd's pause processes (ours has none). Tear-down: StopContainer
+//! pod) and containerd's pause processes (ours has none; here containerd's sandbox image is
+//! the busybox test image, so its pause process is a `sleep infinity`). Tear-down: StopContainer
 //! (timeout 0: SIGKILL), then StopPodSandbox + RemovePodSandbox, per pod.
 //!
 //! Prints a table of p50/p99 per phase and the memory, and writes JSON (default
@@ -174,6 +175,11 @@ async fn tear_down(lab: &mut Lab, pod_id: String, id: String, samples: &mut Samp
     Ok(())
 }
 
+/// What containerd runs as each sandbox's pause container here: the lab's sandbox image is
+/// the busybox test image, whose entrypoint is `sleep infinity` (the bench's own
+/// containers run `sleep 3600`).
+const SANDBOX_HOLDER: &str = "/bin/sleep infinity";
+
 /// `Key:   1234 kB` from a /proc file, in KiB.
 fn kib(text: &str, key: &str) -> Option<u64> {
     text.lines()
@@ -183,8 +189,8 @@ fn kib(text: &str, key: &str) -> Option<u64> {
 }
 
 /// The runtime's memory with its pods running: daemon RSS and PSS, and the PSS and count of
-/// its per-pod processes (shims: command line naming the lab directory; pause: `pause`
-/// processes in the lab's cgroups).
+/// its per-pod processes (shims: command line naming the lab directory; pause: `pause` or
+/// [`SANDBOX_HOLDER`] processes in the lab's cgroups).
 fn memory(lab: &Lab) -> Result<Value> {
     let daemon = lab.daemon_pid();
     let dir = lab.dir.path().to_string_lossy().into_owned();
@@ -220,7 +226,7 @@ fn memory(lab: &Lab) -> Result<Value> {
         if cmdline.contains(&dir) {
             shims += 1;
             shim_pss += pss;
-        } else if comm.trim() == "pause"
+        } else if (comm.trim() == "pause" || cmdline.trim() == SANDBOX_HOLDER)
             && std::fs::read_to_string(proc.join("cgroup"))
                 .unwrap_or_default()
                 .contains(&cgroup)
