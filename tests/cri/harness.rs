@@ -458,14 +458,16 @@ fn cgroup_name(dir: &Path) -> String {
         .unwrap_or_else(|| "fk-cri".into())
 }
 
-/// Removes `/<name>` and everything below it from every cgroup v1 hierarchy.
+/// Removes `/<name>` and everything below it from every cgroup hierarchy: the v1
+/// controllers and the v2 (unified) mount, where runc makes the same directories on this
+/// hybrid layout.
 fn remove_cgroups(name: &str) {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     for line in mounts.lines() {
         let Some((left, right)) = line.split_once(" - ") else {
             continue;
         };
-        if right.split_whitespace().next() != Some("cgroup") {
+        if !matches!(right.split_whitespace().next(), Some("cgroup" | "cgroup2")) {
             continue;
         }
         let Some(mount) = left.split_whitespace().nth(4) else {
