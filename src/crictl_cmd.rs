@@ -63,7 +63,17 @@ enum CrictlCommand {
     },
     /// Create a container in a pod from config files (CRI's ContainerConfig and the
     /// pod's PodSandboxConfig); prints its id.
+    /// As real crictl, the image is pulled first when the runtime does not have it.
     Create {
+        /// Do not pull a missing image.
+        #[arg(long)]
+        no_pull: bool,
+        /// Registry credentials for that pull, `USER:PASSWORD`.
+        #[arg(long, conflicts_with = "auth")]
+        creds: Option<String>,
+        /// Registry credentials for that pull, base64 of `USER:PASSWORD`.
+        #[arg(long)]
+        auth: Option<String>,
         pod_id: String,
         container_config: PathBuf,
         pod_config: PathBuf,
@@ -453,23 +463,7 @@ pub async fn run(args: CrictlArgs) -> Result<()> {
             logs(&mut runtime, &id, follow, usize::try_from(tail).ok()).await?;
         }
         CrictlCommand::Pull { image, creds, auth } => {
-            let auth = match (creds, auth) {
-                (Some(creds), _) => {
-                    let (username, password) = creds
-                        .split_once(':')
-                        .context("--creds must be USER:PASSWORD")?;
-                    Some(cri::AuthConfig {
-                        username: username.into(),
-                        password: password.into(),
-                        ..Default::default()
-                    })
-                }
-                (None, Some(auth)) => Some(cri::AuthConfig {
-                    auth,
-                    ..Default::default()
-                }),
-                (None, None) => None,
-            };
+            let auth = auth_config(creds, auth)?;
             let pulled = images
                 .pull_image(cri::PullImageRequest {
                     image: Some(cri::ImageSpec {
@@ -501,12 +495,36 @@ pub async fn run(args: CrictlArgs) -> Result<()> {
             println!("{id}");
         }
         CrictlCommand::Create {
+            no_pull,
+            creds,
+            auth,
             pod_id,
             container_config,
             pod_config,
         } => {
             let config = crate::crictl_config::container_config(&container_config)?;
             let sandbox_config = crate::crictl_config::pod_config(&pod_config)?;
+            let auth = auth_config(creds, auth)?;
+            if !no_pull && let Some(image) = config.image.clone() {
+                let found = images
+                    .image_status(cri::ImageStatusRequest {
+                        image: Some(image.clone()),
+                        verbose: false,
+                    })
+                    .await?
+                    .into_inner()
+                    .image;
+                if found.is_none() {
+                    images
+                        .pull_image(cri::PullImageRequest {
+                            image: Some(image.clone()),
+                            auth,
+                            sandbox_config: Some(sandbox_config.clone()),
+                        })
+                        .await
+                        .with_context(|| format!("pulling {}", image.image))?;
+                }
+            }
             let id = runtime
                 .create_container(cri::CreateContainerRequest {
                     pod_sandbox_id: pod_id.clone(),
@@ -558,6 +576,27 @@ pub async fn run(args: CrictlArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The CRI AuthConfig of `--creds USER:PASSWORD` or `--auth BASE64`.
+fn auth_config(creds: Option<String>, auth: Option<String>) -> Result<Option<cri::AuthConfig>> {
+    Ok(match (creds, auth) {
+        (Some(creds), _) => {
+            let (username, password) = creds
+                .split_once(':')
+                .context("--creds must be USER:PASSWORD")?;
+            Some(cri::AuthConfig {
+                username: username.into(),
+                password: password.into(),
+                ..Default::default()
+            })
+        }
+        (None, Some(auth)) => Some(cri::AuthConfig {
+            auth,
+            ..Default::default()
+        }),
+        (None, None) => None,
+    })
 }
 
 /// One entry of a CRI log file (`TIMESTAMP STREAM P|F CONTENT`).

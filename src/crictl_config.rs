@@ -390,3 +390,94 @@ impl ContainerConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> Result<(tempfile::TempDir, std::path::PathBuf)> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join(name);
+        std::fs::write(&path, text)?;
+        Ok((dir, path))
+    }
+
+    #[test]
+    fn pod_config_in_json_with_snake_case_keys() -> Result<()> {
+        let (_dir, path) = write(
+            "pod.json",
+            r#"{"metadata": {"name": "web", "namespace": "default", "uid": "u1"},
+                "log_directory": "/tmp/x", "port_mappings": [{"protocol": "UDP", "container_port": 53}],
+                "linux": {"cgroup_parent": "/p", "security_context": {"namespace_options": {"network": "NODE", "pid": 1}}}}"#,
+        )?;
+        let pod = pod_config(&path)?;
+        let metadata = pod.metadata.context("metadata")?;
+        assert_eq!(
+            (metadata.name.as_str(), metadata.uid.as_str()),
+            ("web", "u1")
+        );
+        assert_eq!(pod.log_directory, "/tmp/x");
+        assert_eq!(pod.port_mappings[0].protocol, cri::Protocol::Udp as i32);
+        let linux = pod.linux.context("linux")?;
+        assert_eq!(linux.cgroup_parent, "/p");
+        let ns = linux
+            .security_context
+            .and_then(|s| s.namespace_options)
+            .context("namespace options")?;
+        assert_eq!(ns.network, cri::NamespaceMode::Node as i32);
+        assert_eq!(ns.pid, cri::NamespaceMode::Container as i32);
+        Ok(())
+    }
+
+    #[test]
+    fn container_config_in_yaml_with_camel_case_keys() -> Result<()> {
+        let (_dir, path) = write(
+            "c.yaml",
+            "metadata: {name: main}\nimage: {image: busybox}\ncommand: [sleep, '3600']\nlogPath: main.log\nworkingDir: /w\nenvs: [{key: A, value: b}]\nlinux: {resources: {memoryLimitInBytes: 1048576}}\n",
+        )?;
+        let c = container_config(&path)?;
+        assert_eq!(c.image.context("image")?.image, "busybox");
+        assert_eq!(c.command, ["sleep", "3600"]);
+        assert_eq!(
+            (c.log_path.as_str(), c.working_dir.as_str()),
+            ("main.log", "/w")
+        );
+        assert_eq!(c.envs[0].key, "A");
+        let resources = c.linux.and_then(|l| l.resources).context("resources")?;
+        assert_eq!(resources.memory_limit_in_bytes, 1_048_576);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_reason() -> Result<()> {
+        let error = |name: &str, text: &str| -> Result<String> {
+            let (_dir, path) = write(name, text)?;
+            match container_config(&path) {
+                Ok(c) => bail!("accepted: {c:?}"),
+                Err(e) => Ok(format!("{e:#}")),
+            }
+        };
+        assert!(
+            error(
+                "a.yaml",
+                "metadata: {name: x}\nimage: {image: b}\ncomand: [x]\n"
+            )?
+            .contains("unknown field `comand`")
+        );
+        assert!(error("b.json", "{\"metadata\": ")?.contains("invalid JSON config"));
+        assert!(error("c.yaml", "image: {image: b}\n")?.contains("metadata is required"));
+        assert!(
+            error(
+                "d.yaml",
+                "metadata: {name: x}\nimage: {image: b}\nmounts: [{propagation: BOTH}]\n"
+            )?
+            .contains("mounts.propagation: unknown value \"BOTH\"")
+        );
+        let missing = container_config(Path::new("/nonexistent/c.yaml"))
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(missing.contains("reading /nonexistent/c.yaml"), "{missing}");
+        Ok(())
+    }
+}

@@ -1568,7 +1568,7 @@ pub async fn crictl_runs_a_pod_end_to_end(lab: &mut Lab) -> Result<()> {
         );
         Ok(())
     };
-    let dir = lab.dir.path();
+    let dir = lab.dir.path().to_path_buf();
     let pod_file = dir.join("pod.json");
     let pod = serde_json::json!({
         "metadata": {"name": "e2e", "namespace": "default", "uid": format!("uid-e2e-{}", std::process::id())},
@@ -1581,16 +1581,18 @@ pub async fn crictl_runs_a_pod_end_to_end(lab: &mut Lab) -> Result<()> {
         }
     });
     std::fs::write(&pod_file, serde_json::to_vec_pretty(&pod)?)?;
-    let container_file = |name: &str, script: &str| -> Result<PathBuf> {
+    let container_file_with = |name: &str, image: &str, script: &str| -> Result<PathBuf> {
         let path = dir.join(format!("{name}.yaml"));
         std::fs::write(
             &path,
             format!(
-                "metadata:\n  name: {name}\nimage:\n  image: {IMAGE}\ncommand: [sh, -c, {script:?}]\nlogPath: {name}.log\nlabels:\n  container: {name}\n"
+                "metadata:\n  name: {name}\nimage:\n  image: {image}\ncommand: [sh, -c, {script:?}]\nlogPath: {name}.log\nlabels:\n  container: {name}\n"
             ),
         )?;
         Ok(path)
     };
+    let container_file =
+        |name: &str, script: &str| -> Result<PathBuf> { container_file_with(name, IMAGE, script) };
     let main_file = container_file("main", "echo one; echo two >&2; echo three; sleep 3600")?;
     let once_file = container_file("once", "echo first; sleep 2; echo last")?;
     let (pod_file, main_file, once_file) = (
@@ -1683,21 +1685,6 @@ pub async fn crictl_runs_a_pod_end_to_end(lab: &mut Lab) -> Result<()> {
         "{out:?}"
     );
 
-    crictl(&["stop", "--grace", "1", &id])?;
-    let ps = crictl(&["ps", "-a"])?;
-    ensure!(
-        ps.lines()
-            .any(|l| l.starts_with(&id[..13]) && l.contains("Exited")),
-        "{ps}"
-    );
-    crictl(&["rm", &id, &once])?;
-    let ps = crictl(&["ps", "-a"])?;
-    ensure!(!ps.contains(&id[..13]) && !ps.contains(&once[..13]), "{ps}");
-    crictl(&["stopp", &pod_id])?;
-    crictl(&["rmp", &pod_id])?;
-    let pods = crictl(&["pods"])?;
-    ensure!(!pods.contains(&pod_id[..13]), "{pods}");
-
     // pull with credentials from the lab registry (htpasswd; see
     // pull_image_with_credentials for the hash).
     const HTPASSWD: &str = "lab:$2b$04$hRLxD29HNyoYZaBImMepaeJDK1IMUqYVbBZmI1xwcb7yLksJdRT7.";
@@ -1724,6 +1711,45 @@ pub async fn crictl_runs_a_pod_end_to_end(lab: &mut Lab) -> Result<()> {
             "{images}"
         );
     }
+    // create pulls a missing image first (with --creds), as real crictl.
+    lab.push_as(&image, "private/busybox", "v3", "lab:s3cret")?;
+    let pulled_file = container_file_with("pulled", &name("v3"), "echo pulled; sleep 3600")?
+        .display()
+        .to_string();
+    refused(
+        &["create", &pod_id, &pulled_file, &pod_file],
+        &format!("pulling {}", name("v3")),
+    )?;
+    let pulled = crictl(&[
+        "create",
+        "--creds",
+        "lab:s3cret",
+        &pod_id,
+        &pulled_file,
+        &pod_file,
+    ])?
+    .trim()
+    .to_string();
+    crictl(&["start", &pulled])?;
+    wait_log(&dir.join("logs/e2e/pulled.log"), "pulled").await?;
+    crictl(&["stop", "--grace", "1", &pulled])?;
+    crictl(&["rm", &pulled])?;
+
+    crictl(&["stop", "--grace", "1", &id])?;
+    let ps = crictl(&["ps", "-a"])?;
+    ensure!(
+        ps.lines()
+            .any(|l| l.starts_with(&id[..13]) && l.contains("Exited")),
+        "{ps}"
+    );
+    crictl(&["rm", &id, &once])?;
+    let ps = crictl(&["ps", "-a"])?;
+    ensure!(!ps.contains(&id[..13]) && !ps.contains(&once[..13]), "{ps}");
+    crictl(&["stopp", &pod_id])?;
+    crictl(&["rmp", &pod_id])?;
+    let pods = crictl(&["pods"])?;
+    ensure!(!pods.contains(&pod_id[..13]), "{pods}");
+
     Ok(())
 }
 
