@@ -83,7 +83,8 @@ enum CrictlCommand {
         #[arg(required = true)]
         ids: Vec<String>,
     },
-    /// Container stats: CPU % (over --seconds), memory working set, writable layer.
+    /// Container stats: CPU % (over --seconds), memory working set, writable layer,
+    /// swap (as real crictl; CRI's ContainerStats has no PID count).
     Stats {
         /// Only this container.
         id: Option<String>,
@@ -689,6 +690,13 @@ async fn logs(
         let inode = file.metadata()?.ino();
         Ok((file, inode))
     };
+    // A created container's log file appears when it starts: wait for it when following.
+    while follow && !std::path::Path::new(&log_path).exists() {
+        if status(runtime).await?.state == cri::ContainerState::ContainerExited as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (mut file, mut inode) = open()?;
     let mut pending = Vec::new();
     let mut first = true;
@@ -792,7 +800,7 @@ async fn stats(
     let after = sample(runtime).await?;
     let wall = i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX);
     println!(
-        "{:<15} {:<25} {:<10} {:<12} {:<12} {:<10}",
+        "{:<15} {:<25} {:<10} {:<12} {:<12} {:<10} SWAP",
         "CONTAINER", "NAME", "CPU %", "MEM", "DISK", "INODES"
     );
     for stat in &after {
@@ -821,16 +829,22 @@ async fn stats(
         let inodes = layer
             .and_then(|l| l.inodes_used.as_ref())
             .map_or(0, |v| v.value);
+        let swap = stat
+            .swap
+            .as_ref()
+            .and_then(|s| s.swap_usage_bytes.as_ref())
+            .map_or(0, |v| v.value);
         let name = attributes
             .metadata
             .as_ref()
             .map(|m| m.name.as_str())
             .unwrap_or_default();
         println!(
-            "{:<15} {name:<25} {percent:<10.2} {:<12} {:<12} {inodes:<10}",
+            "{:<15} {name:<25} {percent:<10.2} {:<12} {:<12} {inodes:<10} {}",
             short(&attributes.id),
             human_size(memory),
             human_size(disk),
+            human_size(swap),
         );
     }
     Ok(())

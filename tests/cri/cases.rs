@@ -1518,18 +1518,27 @@ fn output_within(
     command: &mut std::process::Command,
     limit: Duration,
 ) -> Result<std::process::Output> {
-    let mut child = command
+    let child = spawn_piped(command)?;
+    wait_within(child, limit).with_context(|| format!("{command:?}"))
+}
+
+fn spawn_piped(command: &mut std::process::Command) -> Result<std::process::Child> {
+    command
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .with_context(|| format!("running {command:?}"))?;
+        .with_context(|| format!("running {command:?}"))
+}
+
+/// Waits for `child` to end within `limit` (killed after it), returning its output.
+fn wait_within(mut child: std::process::Child, limit: Duration) -> Result<std::process::Output> {
     let deadline = std::time::Instant::now() + limit;
     while child.try_wait()?.is_none() {
         if std::time::Instant::now() >= deadline {
             let _ = child.kill();
             let out = child.wait_with_output()?;
-            bail!("{command:?} still running after {limit:?}: {out:?}");
+            bail!("still running after {limit:?}: {out:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -1660,14 +1669,22 @@ pub async fn crictl_runs_a_pod_end_to_end(lab: &mut Lab) -> Result<()> {
         out.status.success() && out.stdout == b"one\nthree\n" && out.stderr == b"two\n",
         "{out:?}"
     );
-    // logs -f follows a container that prints, waits and exits, and returns after its
-    // exit with all of its output.
+    // logs -f, started before the container, follows one that prints, waits and exits,
+    // and returns after its exit with all of its output.
     let once = crictl(&["create", &pod_id, &once_file, &pod_file])?
         .trim()
         .to_string();
-    crictl(&["start", &once])?;
-    let followed = crictl(&["logs", "-f", &once])?;
-    ensure!(followed == "first\nlast\n", "{followed:?}");
+    let mut follower = spawn_piped(&mut crictl_command(&["logs", "-f", &once]))?;
+    if let Err(e) = crictl(&["start", &once]) {
+        let _ = follower.kill();
+        let _ = follower.wait();
+        return Err(e);
+    }
+    let out = tokio::task::block_in_place(|| wait_within(follower, Duration::from_secs(60)))?;
+    ensure!(
+        out.status.success() && out.stdout == b"first\nlast\n" && out.stderr.is_empty(),
+        "{out:?}"
+    );
     let status = container_status(lab, &once).await?;
     ensure!(
         status.state == cri::ContainerState::ContainerExited as i32 && status.exit_code == 0,
