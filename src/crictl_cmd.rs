@@ -89,7 +89,7 @@ enum CrictlCommand {
         /// Only this container.
         id: Option<String>,
         /// Only containers of this pod.
-        #[arg(short, long)]
+        #[arg(short, long, conflicts_with = "id")]
         pod: Option<String>,
         /// The CPU sampling interval in seconds.
         #[arg(short, long, default_value_t = 1)]
