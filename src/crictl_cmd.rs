@@ -1,6 +1,7 @@
 //! `ferrokube crictl`: a small CRI client (no crictl package exists in the registries
 //! these machines reach) for any CRI runtime on a unix socket: ours or containerd.
-//! Covers inspection and cleanup; it does not create pods or containers.
+//! Runs pods and containers from config files (`runp`, `create`, `start`; see
+//! `crictl_config`), pulls, inspects, streams, follows logs and cleans up.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,6 +43,58 @@ enum CrictlCommand {
     Inspecti { image: String },
     /// Remove images.
     Rmi { images: Vec<String> },
+    /// Pull an image (prints `Image is up to date for <image ref>`).
+    Pull {
+        image: String,
+        /// Registry credentials, `USER:PASSWORD`.
+        #[arg(long, conflicts_with = "auth")]
+        creds: Option<String>,
+        /// Registry credentials as base64 of `USER:PASSWORD` (docker config's `auth`).
+        #[arg(long)]
+        auth: Option<String>,
+    },
+    /// Run a pod sandbox from a config file (JSON or YAML, CRI's PodSandboxConfig);
+    /// prints its id.
+    Runp {
+        /// The runtime handler (RuntimeClass); empty for the default.
+        #[arg(long, default_value = "")]
+        runtime: String,
+        pod_config: PathBuf,
+    },
+    /// Create a container in a pod from config files (CRI's ContainerConfig and the
+    /// pod's PodSandboxConfig); prints its id.
+    /// As real crictl, the image is pulled first when the runtime does not have it.
+    Create {
+        /// Do not pull a missing image.
+        #[arg(long)]
+        no_pull: bool,
+        /// Registry credentials for that pull, `USER:PASSWORD`.
+        #[arg(long, conflicts_with = "auth")]
+        creds: Option<String>,
+        /// Registry credentials for that pull, base64 of `USER:PASSWORD`.
+        #[arg(long)]
+        auth: Option<String>,
+        pod_id: String,
+        container_config: PathBuf,
+        pod_config: PathBuf,
+    },
+    /// Start created containers.
+    Start {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Container stats: CPU % (over --seconds), memory working set, writable layer,
+    /// swap (as real crictl; CRI's ContainerStats has no PID count).
+    Stats {
+        /// Only this container.
+        id: Option<String>,
+        /// Only containers of this pod.
+        #[arg(short, long, conflicts_with = "id")]
+        pod: Option<String>,
+        /// The CPU sampling interval in seconds.
+        #[arg(short, long, default_value_t = 1)]
+        seconds: u64,
+    },
     /// List pod sandboxes.
     Pods,
     /// Pod sandbox status (verbose), as JSON.
@@ -93,7 +146,15 @@ enum CrictlCommand {
         transport: String,
     },
     /// Print a container's log (its CRI log file, stdout and stderr to theirs).
-    Logs { id: String },
+    Logs {
+        /// Keep printing what the container writes until it exits.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines (all when negative).
+        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+        tail: i64,
+        id: String,
+    },
     /// Stop containers (SIGTERM, SIGKILL after --grace seconds).
     Stop {
         #[arg(long, default_value_t = 10)]
@@ -399,41 +460,97 @@ pub async fn run(args: CrictlArgs) -> Result<()> {
             std::io::stderr().write_all(&out.stderr)?;
             exit_with(out.exit_code);
         }
-        CrictlCommand::Logs { id } => {
-            let status = runtime
-                .container_status(cri::ContainerStatusRequest {
-                    container_id: id.clone(),
-                    verbose: false,
+        CrictlCommand::Logs { follow, tail, id } => {
+            logs(&mut runtime, &id, follow, usize::try_from(tail).ok()).await?;
+        }
+        CrictlCommand::Pull { image, creds, auth } => {
+            let auth = auth_config(creds, auth)?;
+            let pulled = images
+                .pull_image(cri::PullImageRequest {
+                    image: Some(cri::ImageSpec {
+                        image: image.clone(),
+                        ..Default::default()
+                    }),
+                    auth,
+                    sandbox_config: None,
                 })
-                .await?
+                .await
+                .with_context(|| format!("pulling {image}"))?
+                .into_inner();
+            println!("Image is up to date for {}", pulled.image_ref);
+        }
+        CrictlCommand::Runp {
+            runtime: handler,
+            pod_config,
+        } => {
+            let config = crate::crictl_config::pod_config(&pod_config)?;
+            let id = runtime
+                .run_pod_sandbox(cri::RunPodSandboxRequest {
+                    config: Some(config),
+                    runtime_handler: handler,
+                })
+                .await
+                .context("running the pod sandbox")?
                 .into_inner()
-                .status
-                .context("no status")?;
-            if status.log_path.is_empty() {
-                bail!("container {id} has no log path");
-            }
-            let text = std::fs::read_to_string(&status.log_path)
-                .with_context(|| format!("reading {}", status.log_path))?;
-            let (mut out, mut err) = (String::new(), String::new());
-            for line in text.lines() {
-                let mut parts = line.splitn(4, ' ');
-                let (_, Some(stream), Some(tag)) = (parts.next(), parts.next(), parts.next())
-                else {
-                    continue;
-                };
-                let content = parts.next().unwrap_or_default();
-                let target = if stream == "stderr" {
-                    &mut err
-                } else {
-                    &mut out
-                };
-                target.push_str(content);
-                if tag == "F" {
-                    target.push('\n');
+                .pod_sandbox_id;
+            println!("{id}");
+        }
+        CrictlCommand::Create {
+            no_pull,
+            creds,
+            auth,
+            pod_id,
+            container_config,
+            pod_config,
+        } => {
+            let config = crate::crictl_config::container_config(&container_config)?;
+            let sandbox_config = crate::crictl_config::pod_config(&pod_config)?;
+            let auth = auth_config(creds, auth)?;
+            if !no_pull && let Some(image) = config.image.clone() {
+                let found = images
+                    .image_status(cri::ImageStatusRequest {
+                        image: Some(image.clone()),
+                        verbose: false,
+                    })
+                    .await?
+                    .into_inner()
+                    .image;
+                if found.is_none() {
+                    images
+                        .pull_image(cri::PullImageRequest {
+                            image: Some(image.clone()),
+                            auth,
+                            sandbox_config: Some(sandbox_config.clone()),
+                        })
+                        .await
+                        .with_context(|| format!("pulling {}", image.image))?;
                 }
             }
-            print!("{out}");
-            eprint!("{err}");
+            let id = runtime
+                .create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: pod_id.clone(),
+                    config: Some(config),
+                    sandbox_config: Some(sandbox_config),
+                })
+                .await
+                .with_context(|| format!("creating the container in pod {pod_id}"))?
+                .into_inner()
+                .container_id;
+            println!("{id}");
+        }
+        CrictlCommand::Start { ids } => {
+            for id in ids {
+                runtime
+                    .start_container(cri::StartContainerRequest {
+                        container_id: id.clone(),
+                    })
+                    .await
+                    .with_context(|| format!("starting {id}"))?;
+                println!("{id}");
+            }
+        }
+        CrictlCommand::Stats { id, pod, seconds } => {
+            stats(&mut runtime, id, pod, Duration::from_secs(seconds)).await?;
         }
         CrictlCommand::Stop { grace, ids } => {
             for id in ids {
@@ -458,6 +575,277 @@ pub async fn run(args: CrictlArgs) -> Result<()> {
                 println!("{id}");
             }
         }
+    }
+    Ok(())
+}
+
+/// The CRI AuthConfig of `--creds USER:PASSWORD` or `--auth BASE64`.
+fn auth_config(creds: Option<String>, auth: Option<String>) -> Result<Option<cri::AuthConfig>> {
+    Ok(match (creds, auth) {
+        (Some(creds), _) => {
+            let (username, password) = creds
+                .split_once(':')
+                .context("--creds must be USER:PASSWORD")?;
+            Some(cri::AuthConfig {
+                username: username.into(),
+                password: password.into(),
+                ..Default::default()
+            })
+        }
+        (None, Some(auth)) => Some(cri::AuthConfig {
+            auth,
+            ..Default::default()
+        }),
+        (None, None) => None,
+    })
+}
+
+/// One entry of a CRI log file (`TIMESTAMP STREAM P|F CONTENT`).
+struct LogEntry {
+    stderr: bool,
+    /// The content, with the newline a full (`F`) entry ends with.
+    text: String,
+    full: bool,
+}
+
+fn parse_log_line(line: &str) -> Option<LogEntry> {
+    let mut parts = line.splitn(4, ' ');
+    let (_, Some(stream), Some(tag)) = (parts.next(), parts.next(), parts.next()) else {
+        return None;
+    };
+    let mut text = parts.next().unwrap_or_default().to_string();
+    let full = tag != "P";
+    if full {
+        text.push('\n');
+    }
+    Some(LogEntry {
+        stderr: stream == "stderr",
+        text,
+        full,
+    })
+}
+
+/// Where the last `n` lines start (a line is entries up to a full one).
+fn tail_start(entries: &[LogEntry], n: usize) -> usize {
+    let mut seen = 0;
+    for (i, entry) in entries.iter().enumerate().rev() {
+        if entry.full {
+            seen += 1;
+            if seen > n {
+                return i + 1;
+            }
+        }
+    }
+    0
+}
+
+fn print_entries(entries: &[LogEntry]) -> Result<()> {
+    use std::io::Write;
+    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+    for entry in entries {
+        if entry.stderr {
+            err.write_all(entry.text.as_bytes())?;
+        } else {
+            out.write_all(entry.text.as_bytes())?;
+        }
+    }
+    out.flush()?;
+    err.flush()?;
+    Ok(())
+}
+
+/// Prints the container's CRI log file (the last `tail` lines); with `follow`, keeps
+/// reading it (reopening it when rotated) until the container has exited and the file
+/// is read to its end (runtimes record the exit after draining the output).
+async fn logs(
+    runtime: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+    follow: bool,
+    tail: Option<usize>,
+) -> Result<()> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let status = |runtime: &mut RuntimeServiceClient<Channel>| {
+        let request = cri::ContainerStatusRequest {
+            container_id: id.to_string(),
+            verbose: false,
+        };
+        let mut runtime = runtime.clone();
+        async move {
+            runtime
+                .container_status(request)
+                .await
+                .with_context(|| format!("container {id}"))?
+                .into_inner()
+                .status
+                .context("no status")
+        }
+    };
+    let log_path = status(runtime).await?.log_path;
+    if log_path.is_empty() {
+        bail!("container {id} has no log path");
+    }
+    let open = || -> Result<(std::fs::File, u64)> {
+        let file = std::fs::File::open(&log_path).with_context(|| format!("reading {log_path}"))?;
+        let inode = file.metadata()?.ino();
+        Ok((file, inode))
+    };
+    // A created container's log file appears when it starts: wait for it when following.
+    while follow && !std::path::Path::new(&log_path).exists() {
+        if status(runtime).await?.state == cri::ContainerState::ContainerExited as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (mut file, mut inode) = open()?;
+    let mut pending = Vec::new();
+    let mut first = true;
+    loop {
+        // The state before reading: output written before the exit is then in the file.
+        let exited =
+            !follow || status(runtime).await?.state == cri::ContainerState::ContainerExited as i32;
+        file.read_to_end(&mut pending)
+            .with_context(|| format!("reading {log_path}"))?;
+        let complete = pending
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        let text = String::from_utf8_lossy(&pending[..complete]).into_owned();
+        pending.drain(..complete);
+        let entries: Vec<LogEntry> = text.lines().filter_map(parse_log_line).collect();
+        let from = match tail {
+            Some(n) if first => tail_start(&entries, n),
+            _ => 0,
+        };
+        print_entries(entries.get(from..).unwrap_or_default())?;
+        first = false;
+        if exited {
+            return Ok(());
+        }
+        // Rotated (renamed and reopened by the runtime): continue in the new file.
+        if let Ok(meta) = std::fs::metadata(&log_path)
+            && meta.ino() != inode
+        {
+            (file, inode) = open()?;
+            pending.clear();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A byte count as real crictl prints it (decimal units, e.g. `1.23MB`).
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    let number = format!("{value:.4}");
+    let number = if number.contains('.') {
+        number.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &number
+    };
+    format!("{number}{}", UNITS[unit])
+}
+
+/// The stats table: two samples `interval` apart give the CPU %.
+async fn stats(
+    runtime: &mut RuntimeServiceClient<Channel>,
+    id: Option<String>,
+    pod: Option<String>,
+    interval: Duration,
+) -> Result<()> {
+    let sample = |runtime: &mut RuntimeServiceClient<Channel>| {
+        let mut runtime = runtime.clone();
+        let (id, pod) = (id.clone(), pod.clone());
+        async move {
+            Ok::<_, anyhow::Error>(match id {
+                Some(id) => vec![
+                    runtime
+                        .container_stats(cri::ContainerStatsRequest {
+                            container_id: id.clone(),
+                        })
+                        .await
+                        .with_context(|| format!("stats of {id}"))?
+                        .into_inner()
+                        .stats
+                        .with_context(|| format!("no stats for {id}"))?,
+                ],
+                None => {
+                    runtime
+                        .list_container_stats(cri::ListContainerStatsRequest {
+                            filter: Some(cri::ContainerStatsFilter {
+                                pod_sandbox_id: pod.unwrap_or_default(),
+                                ..Default::default()
+                            }),
+                        })
+                        .await?
+                        .into_inner()
+                        .stats
+                }
+            })
+        }
+    };
+    let cpu = |s: &cri::ContainerStats| {
+        s.cpu
+            .as_ref()
+            .and_then(|c| Some((c.timestamp, c.usage_core_nano_seconds.as_ref()?.value)))
+    };
+    let started = std::time::Instant::now();
+    let before = sample(runtime).await?;
+    tokio::time::sleep(interval).await;
+    let after = sample(runtime).await?;
+    let wall = i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX);
+    println!(
+        "{:<15} {:<25} {:<10} {:<12} {:<12} {:<10} SWAP",
+        "CONTAINER", "NAME", "CPU %", "MEM", "DISK", "INODES"
+    );
+    for stat in &after {
+        let Some(attributes) = &stat.attributes else {
+            continue;
+        };
+        let previous = before
+            .iter()
+            .find(|s| s.attributes.as_ref().is_some_and(|a| a.id == attributes.id));
+        let percent = match (previous.and_then(cpu), cpu(stat)) {
+            (Some((t0, c0)), Some((t1, c1))) => {
+                let elapsed = if t1 > t0 { t1 - t0 } else { wall };
+                c1.saturating_sub(c0) as f64 / elapsed.max(1) as f64 * 100.0
+            }
+            _ => 0.0,
+        };
+        let memory = stat
+            .memory
+            .as_ref()
+            .and_then(|m| m.working_set_bytes.as_ref())
+            .map_or(0, |v| v.value);
+        let layer = stat.writable_layer.as_ref();
+        let disk = layer
+            .and_then(|l| l.used_bytes.as_ref())
+            .map_or(0, |v| v.value);
+        let inodes = layer
+            .and_then(|l| l.inodes_used.as_ref())
+            .map_or(0, |v| v.value);
+        let swap = stat
+            .swap
+            .as_ref()
+            .and_then(|s| s.swap_usage_bytes.as_ref())
+            .map_or(0, |v| v.value);
+        let name = attributes
+            .metadata
+            .as_ref()
+            .map(|m| m.name.as_str())
+            .unwrap_or_default();
+        println!(
+            "{:<15} {name:<25} {percent:<10.2} {:<12} {:<12} {inodes:<10} {}",
+            short(&attributes.id),
+            human_size(memory),
+            human_size(disk),
+            human_size(swap),
+        );
     }
     Ok(())
 }

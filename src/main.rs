@@ -8,6 +8,7 @@
 
 mod cni_cmd;
 mod crictl_cmd;
+mod crictl_config;
 mod crictl_spdy;
 mod crictl_stream;
 mod proxy_cmd;

@@ -1513,6 +1513,263 @@ pub async fn crictl_drives_the_runtime(lab: &mut Lab) -> Result<()> {
     Ok(())
 }
 
+/// Runs `command` to its end within `limit` (killed after it), returning its output.
+fn output_within(
+    command: &mut std::process::Command,
+    limit: Duration,
+) -> Result<std::process::Output> {
+    let child = spawn_piped(command)?;
+    wait_within(child, limit).with_context(|| format!("{command:?}"))
+}
+
+fn spawn_piped(command: &mut std::process::Command) -> Result<std::process::Child> {
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {command:?}"))
+}
+
+/// Waits for `child` to end within `limit` (killed after it), returning its output.
+fn wait_within(mut child: std::process::Child, limit: Duration) -> Result<std::process::Output> {
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait()?.is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output()?;
+            bail!("still running after {limit:?}: {out:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(child.wait_with_output()?)
+}
+
+/// `ferrokube crictl` runs a pod end to end from config files (as real crictl: a JSON pod
+/// config with snake_case keys, a YAML container config with camelCase keys): runp,
+/// create, start, ps, stats, logs (--tail, -f until the container exits), stop, rm,
+/// stopp, rmp; bad config files are refused with errors naming the problem; pull with
+/// --creds and --auth from the lab registry.
+pub async fn crictl_runs_a_pod_end_to_end(lab: &mut Lab) -> Result<()> {
+    let socket = format!("unix://{}", lab.dir.path().join("cri.sock").display());
+    let crictl_command = |args: &[&str]| {
+        let mut command = std::process::Command::new(crate::harness::BIN);
+        command
+            .args(["crictl", "--runtime-endpoint", &socket])
+            .args(args);
+        command
+    };
+    let crictl = |args: &[&str]| -> Result<String> {
+        let out = tokio::task::block_in_place(|| {
+            output_within(&mut crictl_command(args), Duration::from_secs(60))
+        })?;
+        ensure!(out.status.success(), "crictl {args:?} failed: {out:?}");
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let refused = |args: &[&str], needle: &str| -> Result<()> {
+        let out = tokio::task::block_in_place(|| {
+            output_within(&mut crictl_command(args), Duration::from_secs(60))
+        })?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && stderr.contains(needle),
+            "crictl {args:?}: expected a failure naming {needle:?}: {out:?}"
+        );
+        Ok(())
+    };
+    let dir = lab.dir.path().to_path_buf();
+    let pod_file = dir.join("pod.json");
+    let pod = serde_json::json!({
+        "metadata": {"name": "e2e", "namespace": "default", "uid": format!("uid-e2e-{}", std::process::id())},
+        "hostname": "e2e",
+        "log_directory": dir.join("logs/e2e").display().to_string(),
+        "labels": {"app": "e2e"},
+        "linux": {
+            "cgroup_parent": format!("{}/pod-e2e", lab.cgroup_parent()),
+            "security_context": {"namespace_options": {"network": "POD", "pid": "CONTAINER", "ipc": 0}}
+        }
+    });
+    std::fs::write(&pod_file, serde_json::to_vec_pretty(&pod)?)?;
+    let container_file_with = |name: &str, image: &str, script: &str| -> Result<PathBuf> {
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "metadata:\n  name: {name}\nimage:\n  image: {image}\ncommand: [sh, -c, {script:?}]\nlogPath: {name}.log\nlabels:\n  container: {name}\n"
+            ),
+        )?;
+        Ok(path)
+    };
+    let container_file =
+        |name: &str, script: &str| -> Result<PathBuf> { container_file_with(name, IMAGE, script) };
+    let main_file = container_file("main", "echo one; echo two >&2; echo three; sleep 3600")?;
+    let once_file = container_file("once", "echo first; sleep 2; echo last")?;
+    let (pod_file, main_file, once_file) = (
+        pod_file.display().to_string(),
+        main_file.display().to_string(),
+        once_file.display().to_string(),
+    );
+
+    // Bad input is refused before anything is created.
+    let missing = dir.join("missing.json").display().to_string();
+    refused(&["runp", &missing], "reading")?;
+    let unknown = dir.join("unknown.yaml");
+    std::fs::write(&unknown, "metadata:\n  name: x\nhostnme: typo\n")?;
+    refused(
+        &["runp", &unknown.display().to_string()],
+        "unknown field `hostnme`",
+    )?;
+    let broken = dir.join("broken.json");
+    std::fs::write(&broken, "{\"metadata\": ")?;
+    refused(
+        &["runp", &broken.display().to_string()],
+        "invalid JSON config",
+    )?;
+    let pods = crictl(&["pods"])?;
+    ensure!(pods.lines().count() == 1, "{pods}");
+
+    let pod_id = crictl(&["runp", &pod_file])?.trim().to_string();
+    ensure!(pod_id.len() >= 13, "{pod_id:?}");
+    let pods = crictl(&["pods"])?;
+    ensure!(
+        pods.contains(&pod_id[..13]) && pods.contains("Ready"),
+        "{pods}"
+    );
+    let id = crictl(&["create", &pod_id, &main_file, &pod_file])?
+        .trim()
+        .to_string();
+    ensure!(id.len() >= 13, "{id:?}");
+    let ps = crictl(&["ps", "-a"])?;
+    ensure!(ps.contains(&id[..13]) && ps.contains("Created"), "{ps}");
+    crictl(&["start", &id])?;
+    wait_log(&dir.join("logs/e2e/main.log"), "three").await?;
+    let ps = crictl(&["ps"])?;
+    ensure!(
+        ps.lines()
+            .any(|l| l.starts_with(&id[..13]) && l.contains("Running") && l.contains("main")),
+        "{ps}"
+    );
+    let stats = crictl(&["stats", &id])?;
+    ensure!(
+        stats.starts_with("CONTAINER") && stats.contains("CPU %"),
+        "{stats}"
+    );
+    ensure!(
+        stats
+            .lines()
+            .any(|l| l.starts_with(&id[..13]) && l.contains("main") && l.contains('B')),
+        "{stats}"
+    );
+    let all = crictl(&["stats", "--pod", &pod_id])?;
+    ensure!(all.contains(&id[..13]), "{all}");
+    let out = tokio::task::block_in_place(|| {
+        output_within(&mut crictl_command(&["logs", &id]), Duration::from_secs(60))
+    })?;
+    ensure!(
+        out.status.success() && out.stdout == b"one\nthree\n" && out.stderr == b"two\n",
+        "{out:?}"
+    );
+    // logs -f, started before the container, follows one that prints, waits and exits,
+    // and returns after its exit with all of its output.
+    let once = crictl(&["create", &pod_id, &once_file, &pod_file])?
+        .trim()
+        .to_string();
+    let mut follower = spawn_piped(&mut crictl_command(&["logs", "-f", &once]))?;
+    if let Err(e) = crictl(&["start", &once]) {
+        let _ = follower.kill();
+        let _ = follower.wait();
+        return Err(e);
+    }
+    let out = tokio::task::block_in_place(|| wait_within(follower, Duration::from_secs(60)))?;
+    ensure!(
+        out.status.success() && out.stdout == b"first\nlast\n" && out.stderr.is_empty(),
+        "{out:?}"
+    );
+    let status = container_status(lab, &once).await?;
+    ensure!(
+        status.state == cri::ContainerState::ContainerExited as i32 && status.exit_code == 0,
+        "{status:?}"
+    );
+    // --tail: the last lines only (stdout alone here: two pipes' order is not defined).
+    let out = tokio::task::block_in_place(|| {
+        output_within(
+            &mut crictl_command(&["logs", "--tail", "1", &once]),
+            Duration::from_secs(60),
+        )
+    })?;
+    ensure!(
+        out.status.success() && out.stdout == b"last\n" && out.stderr.is_empty(),
+        "{out:?}"
+    );
+
+    // pull with credentials from the lab registry (htpasswd; see
+    // pull_image_with_credentials for the hash).
+    const HTPASSWD: &str = "lab:$2b$04$hRLxD29HNyoYZaBImMepaeJDK1IMUqYVbBZmI1xwcb7yLksJdRT7.";
+    let _registry = lab.start_registry_with(Some((HTPASSWD, "lab:s3cret")))?;
+    let image = lab.image.clone();
+    lab.push_as(&image, "private/busybox", "v1", "lab:s3cret")?;
+    lab.push_as(&image, "private/busybox", "v2", "lab:s3cret")?;
+    let name = |tag: &str| format!("{}/private/busybox:{tag}", crate::harness::REGISTRY);
+    refused(&["pull", &name("v1")], "pulling")?;
+    refused(&["pull", "--creds", "lab", &name("v1")], "USER:PASSWORD")?;
+    let pulled = crictl(&["pull", "--creds", "lab:s3cret", &name("v1")])?;
+    ensure!(
+        pulled.starts_with("Image is up to date for ") && pulled.trim().len() > 24,
+        "{pulled:?}"
+    );
+    crictl(&["pull", "--auth", "bGFiOnMzY3JldA==", &name("v2")])?;
+    let images = crictl(&["images"])?;
+    for tag in ["v1", "v2"] {
+        ensure!(
+            images.lines().any(|l| {
+                l.starts_with(&format!("{}/private/busybox ", crate::harness::REGISTRY))
+                    && l.contains(&format!(" {tag} "))
+            }),
+            "{images}"
+        );
+    }
+    // create pulls a missing image first (with --creds), as real crictl.
+    lab.push_as(&image, "private/busybox", "v3", "lab:s3cret")?;
+    let pulled_file = container_file_with("pulled", &name("v3"), "echo pulled; sleep 3600")?
+        .display()
+        .to_string();
+    refused(
+        &["create", &pod_id, &pulled_file, &pod_file],
+        &format!("pulling {}", name("v3")),
+    )?;
+    let pulled = crictl(&[
+        "create",
+        "--creds",
+        "lab:s3cret",
+        &pod_id,
+        &pulled_file,
+        &pod_file,
+    ])?
+    .trim()
+    .to_string();
+    crictl(&["start", &pulled])?;
+    wait_log(&dir.join("logs/e2e/pulled.log"), "pulled").await?;
+    crictl(&["stop", "--grace", "1", &pulled])?;
+    crictl(&["rm", &pulled])?;
+
+    crictl(&["stop", "--grace", "1", &id])?;
+    let ps = crictl(&["ps", "-a"])?;
+    ensure!(
+        ps.lines()
+            .any(|l| l.starts_with(&id[..13]) && l.contains("Exited")),
+        "{ps}"
+    );
+    crictl(&["rm", &id, &once])?;
+    let ps = crictl(&["ps", "-a"])?;
+    ensure!(!ps.contains(&id[..13]) && !ps.contains(&once[..13]), "{ps}");
+    crictl(&["stopp", &pod_id])?;
+    crictl(&["rmp", &pod_id])?;
+    let pods = crictl(&["pods"])?;
+    ensure!(!pods.contains(&pod_id[..13]), "{pods}");
+
+    Ok(())
+}
+
 /// PodSandboxStats: the pod's CPU and memory, and its running container's stats.
 pub async fn pod_sandbox_stats(lab: &mut Lab) -> Result<()> {
     let pod_id = run_pod(lab, "podstats").await?;

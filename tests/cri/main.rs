@@ -82,6 +82,7 @@ cases!(
     container_sees_env_workdir_user_mounts_and_dns,
     unknown_runtime_handler_is_refused,
     crictl_drives_the_runtime,
+    crictl_runs_a_pod_end_to_end,
     pod_sandbox_stats,
     pull_image_from_a_registry,
     pull_image_with_credentials,
