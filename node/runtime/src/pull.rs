@@ -151,11 +151,11 @@ fn pull_error(image: &str, e: OciDistributionError) -> PullError {
 
 impl Puller {
     /// A puller; `insecure` registries (`host[:port]`) are reached over plain HTTP.
-    pub fn new(store: ImageStore, insecure: Vec<String>) -> Result<Puller, PullError> {
+    pub fn new(store: ImageStore, insecure: Vec<String>) -> Puller {
         // oci-client's reqwest is built without a crypto provider so that the process keeps
         // the one the rest of ferrokube uses (ring); a second install is a harmless no-op.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        Ok(Puller { store, insecure })
+        Puller { store, insecure }
     }
 
     /// A client for one pull. oci-client keeps the first credentials it is given per

@@ -11,7 +11,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::cni::CniExec;
 use crate::container::{ContainerError, Containers};
 use crate::host::LinuxHost;
-use crate::pull::{PullError, Puller};
+use crate::pull::Puller;
 use crate::sandbox::{SandboxError, Sandboxes};
 use crate::service::{Images, Runtime};
 use crate::store::{ImageStore, StoreError};
@@ -26,9 +26,6 @@ pub enum ServerError {
     /// The image store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The registry client could not be set up.
-    #[error(transparent)]
-    Pull(#[from] PullError),
     /// The container state could not be loaded.
     #[error(transparent)]
     Container(#[from] ContainerError),
@@ -88,7 +85,7 @@ pub async fn serve(
         options.shim.clone(),
         store.clone(),
     )?);
-    let puller = Puller::new(store.clone(), options.insecure_registries.clone())?;
+    let puller = Puller::new(store.clone(), options.insecure_registries.clone());
     let (streaming, streaming_listener) =
         Streaming::bind(options.streaming_addr, containers.clone()).await?;
     tracing::info!(url = streaming.base_url(), "serving streams");

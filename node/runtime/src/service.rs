@@ -587,6 +587,18 @@ impl Runtime {
         .await
     }
 
+    /// The sandbox `id`, which must be ready (NotFound / FailedPrecondition otherwise).
+    fn ready_sandbox(&self, id: &str) -> Result<Sandbox, Status> {
+        let sandbox = self.sandboxes.get(id).map_err(ServiceError::from)?;
+        if sandbox.state != State::Ready {
+            return Err(Status::failed_precondition(format!(
+                "pod sandbox {} is not ready",
+                sandbox.id
+            )));
+        }
+        Ok(sandbox)
+    }
+
     fn network_ready(&self) -> (bool, String) {
         match self.sandboxes.network_ready() {
             Ok(()) => (true, String::new()),
@@ -738,16 +750,7 @@ impl RuntimeService for Runtime {
         request: Request<cri::CreateContainerRequest>,
     ) -> Result<Response<cri::CreateContainerResponse>, Status> {
         let request = request.into_inner();
-        let sandbox = self
-            .sandboxes
-            .get(&request.pod_sandbox_id)
-            .map_err(ServiceError::from)?;
-        if sandbox.state != State::Ready {
-            return Err(Status::failed_precondition(format!(
-                "sandbox {} is not ready",
-                sandbox.id
-            )));
-        }
+        let sandbox = self.ready_sandbox(&request.pod_sandbox_id)?;
         let config = request
             .config
             .ok_or_else(|| Status::invalid_argument("config is required"))?;
@@ -957,16 +960,7 @@ impl RuntimeService for Runtime {
         request: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
         let r = request.into_inner();
-        let sandbox = self
-            .sandboxes
-            .get(&r.pod_sandbox_id)
-            .map_err(ServiceError::from)?;
-        if sandbox.state != State::Ready {
-            return Err(Status::failed_precondition(format!(
-                "pod sandbox {} is not ready",
-                sandbox.id
-            )));
-        }
+        let sandbox = self.ready_sandbox(&r.pod_sandbox_id)?;
         // As upstream, the ports come from the URL's query, not from this request.
         let url = self
             .streaming
