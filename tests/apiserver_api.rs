@@ -232,6 +232,26 @@ fn delete_options_are_checked(server: &Server) -> Result<()> {
             "a refused delete removed the object"
         );
     }
+    // A body that is not DeleteOptions at all is refused as upstream refuses it (400), and
+    // deletes nothing (it used to be read as empty options and delete).
+    for (content_type, body) in [
+        ("application/json", &b"{not json"[..]),
+        ("application/json", &b"[1, 2]"[..]),
+        ("application/yaml", &b"propagationPolicy: [unclosed"[..]),
+    ] {
+        let reply = call(server, "DELETE", path, content_type, Some(body), &[])?;
+        assert_eq!(
+            status_reason(&reply)?,
+            (400, "BadRequest".into()),
+            "{}",
+            reply.body
+        );
+        assert_eq!(
+            get(server, path)?.code,
+            200,
+            "a malformed delete removed the object"
+        );
+    }
     // Orphan marks the object with the collector's finalizer (these servers run without
     // controllers, so it stays marked); removing the finalizer completes the deletion.
     let reply = call(

@@ -1173,10 +1173,12 @@ impl Api {
                 Err(conflict(resource, name))
             }
             (None, Method::DELETE) => {
+                // A body must be DeleteOptions; a malformed one is refused (400), never
+                // taken for empty options.
                 let options = if body.is_empty() {
                     json!({})
                 } else {
-                    parse_body(headers, &body).unwrap_or_else(|_| json!({}))
+                    parse_body(headers, &body)?
                 };
                 let deleted = self
                     .delete_object(resource, namespace, name, &options, query)
