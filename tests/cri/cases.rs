@@ -2062,6 +2062,20 @@ pub async fn exec_streams_over_websocket(lab: &mut Lab) -> Result<()> {
     }
     ensure!(out.exit_code()? == 4, "{out:?}");
 
+    // A TTY exec that cannot start ends with a Failure status naming runc's reason.
+    let mut request = exec_request(&id, &["/no/such/binary"]);
+    request.tty = true;
+    request.stderr = false;
+    let url = exec_url(lab, request).await?;
+    let out = exec(lab, &url, v4, &[]).await?;
+    ensure!(
+        out.status["status"] == "Failure"
+            && out.status["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("/no/such/binary") && m.contains("no such file")),
+        "{out:?}"
+    );
+
     // Validation.
     let unknown = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     is_code(

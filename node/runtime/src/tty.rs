@@ -36,6 +36,19 @@ pub enum TtyError {
     /// runc did not send the terminal.
     #[error("no terminal received: {0}")]
     NoTerminal(String),
+    /// `runc exec` failed (runc's message).
+    #[error("runc exec failed: {0}")]
+    Exec(String),
+}
+
+/// The message of runc's logfmt error line (`time=.. level=error msg="..."`), or the text.
+fn runc_message(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let text = text.trim();
+    match text.split_once("msg=\"") {
+        Some((_, rest)) => rest.strip_suffix('"').unwrap_or(rest).replace("\\\"", "\""),
+        None => text.to_string(),
+    }
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TtyError {
@@ -247,10 +260,7 @@ fn run_exec(args: &ExecHelperArgs) -> Result<i32, TtyError> {
         .output()
         .map_err(io("running runc exec"))?;
     if !out.status.success() {
-        return Err(TtyError::NoTerminal(format!(
-            "runc exec: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(TtyError::Exec(runc_message(&out.stderr)));
     }
     // runc has sent the master before exiting: it waits in the backlog.
     let master = console.receive(Duration::from_secs(10))?;
@@ -286,6 +296,17 @@ fn run_exec(args: &ExecHelperArgs) -> Result<i32, TtyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_runcs_error_message() {
+        let line = br#"time="2026-11-27T07:59:00Z" level=error msg="exec failed: exec: \"/x\": stat /x: no such file or directory"
+"#;
+        assert_eq!(
+            runc_message(line),
+            r#"exec failed: exec: "/x": stat /x: no such file or directory"#
+        );
+        assert_eq!(runc_message(b"plain\n"), "plain");
+    }
 
     #[test]
     fn passes_a_descriptor_over_a_socket() {
