@@ -2599,8 +2599,9 @@ pub async fn tty_container_logs_and_attach(lab: &mut Lab) -> Result<()> {
 
 /// Attach over SPDY/3.1 (`v4.channel.k8s.io`): stdin goes in on its stream (its FIN
 /// closes a `stdin_once` container's stdin), stdout and stderr come on theirs, Success on
-/// the error stream when the container ends; `ferrokube crictl attach --transport spdy`
-/// prints a container's output.
+/// the error stream when the container ends; a container with a terminal gets the resize
+/// stream's sizes and the typed input; `ferrokube crictl attach --transport spdy` prints a
+/// container's output.
 pub async fn attach_over_spdy(lab: &mut Lab) -> Result<()> {
     use crate::spdy_client::{Streams, exec};
     use crate::stream::Input;
@@ -2646,6 +2647,47 @@ pub async fn attach_over_spdy(lab: &mut Lab) -> Result<()> {
     ensure!(out.protocol == "v4.channel.k8s.io", "{out:?}");
     ensure!(out.stdout() == "got hello\n", "{out:?}");
     ensure!(out.stderr() == "err hello\n", "{out:?}");
+    ensure!(out.exit_code()? == 0, "{out:?}");
+
+    // A container with a terminal, attached with a resize stream.
+    let script = "until [ \"$(stty size)\" = '30 100' ]; do sleep 0.05; done; \
+                  echo \"size $(stty size) end\"; read line; echo \"got $line\"; read line";
+    let mut config = container_config(lab, "term", &["sh", "-c", script]);
+    config.tty = true;
+    config.stdin = true;
+    let term = create(lab, pod, config).await?;
+    start(lab, &term).await?;
+    let url = lab
+        .runtime
+        .attach(cri::AttachRequest {
+            container_id: term.clone(),
+            stdin: true,
+            tty: true,
+            stdout: true,
+            stderr: false,
+        })
+        .await?
+        .into_inner()
+        .url;
+    let streams = Streams {
+        stdin: true,
+        stdout: true,
+        stderr: false,
+        tty: true,
+    };
+    let input = [
+        Input::Resize(100, 30),
+        Input::WaitFor(b"size 30 100 end\r\n".to_vec()),
+        Input::Stdin(b"hello\r".to_vec()),
+        Input::WaitFor(b"got hello\r\n".to_vec()),
+        Input::Stdin(b"bye\r".to_vec()),
+    ];
+    let out = exec(lab, &url, &["v4.channel.k8s.io"], streams, &input).await?;
+    ensure!(
+        out.stdout()
+            .contains("size 30 100 end\r\nhello\r\ngot hello\r\n"),
+        "{out:?}"
+    );
     ensure!(out.exit_code()? == 0, "{out:?}");
 
     let ticker = create(
