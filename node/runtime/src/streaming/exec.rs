@@ -54,6 +54,9 @@ impl Terminal {
     }
 }
 
+/// How long a TTY exec may take to start (runc exec, the terminal handed over).
+const TTY_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Starts a TTY exec through the helper: the session's reader and writer are the
 /// terminal's master, its child the helper (whose exit code is the process's).
 async fn start_tty(
@@ -72,6 +75,10 @@ async fn start_tty(
     let mut child = command.spawn().map_err(io("running the exec helper"))?;
     // Its copy of the socket must close for ours to see the helper's end.
     drop(command);
+    // Bounded: a helper stuck in runc must not pin a blocking thread forever (it is
+    // killed when `child` drops).
+    ours.set_read_timeout(Some(TTY_START_TIMEOUT))
+        .map_err(io("socket timeout"))?;
     let received = tokio::task::spawn_blocking(move || crate::tty::recv_fd(&ours)).await;
     let master = match received {
         Ok(Ok(Some(master))) => master,
