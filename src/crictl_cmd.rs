@@ -132,8 +132,15 @@ enum CrictlCommand {
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
-    /// Stream a running container's output (Attach + WebSocket) until it exits.
-    Attach { id: String },
+    /// Stream a running container's output (Attach + WebSocket, or SPDY/3.1 with
+    /// --transport spdy) until it exits.
+    Attach {
+        /// The streaming transport: `websocket` (v5/v4 channel protocols) or `spdy`
+        /// (SPDY/3.1 with v4).
+        #[arg(long, default_value = "websocket", value_parser = ["websocket", "spdy"])]
+        transport: String,
+        id: String,
+    },
     /// Forward local TCP ports to a pod (PortForward + WebSocket or SPDY), until
     /// interrupted.
     PortForward {
@@ -424,7 +431,7 @@ pub async fn run(args: CrictlArgs) -> Result<()> {
             };
             exit_with(code);
         }
-        CrictlCommand::Attach { id } => {
+        CrictlCommand::Attach { transport, id } => {
             let url = runtime
                 .attach(cri::AttachRequest {
                     container_id: id,
@@ -436,7 +443,11 @@ pub async fn run(args: CrictlArgs) -> Result<()> {
                 .await?
                 .into_inner()
                 .url;
-            let code = crate::crictl_stream::exec(&url, false, false).await?;
+            let code = if transport == "spdy" {
+                crate::crictl_spdy::exec(&url, false, false).await?
+            } else {
+                crate::crictl_stream::exec(&url, false, false).await?
+            };
             exit_with(code);
         }
         CrictlCommand::PortForward {

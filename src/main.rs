@@ -56,6 +56,9 @@ enum Command {
     /// The per-container monitor started by `ferrokube runtime`.
     #[command(hide = true)]
     RuntimeShim(runtime_cmd::ShimArgs),
+    /// The TTY exec helper started by `ferrokube runtime`.
+    #[command(hide = true)]
+    RuntimeExec(runtime_cmd::ExecHelperArgs),
     /// A small CRI client for any runtime socket (ours or containerd).
     Crictl(crictl_cmd::CrictlArgs),
     /// Manage the built-in runtime's image store directly.
@@ -124,6 +127,10 @@ fn main() -> ExitCode {
         // Plain threads, no async runtime: it must stay small and independent.
         return ExitCode::from(u8::try_from(runtime_cmd::shim(args)).unwrap_or(1));
     }
+    if let Command::RuntimeExec(args) = cli.command {
+        // Plain code, no async runtime: it only runs runc and waits.
+        return ExitCode::from(u8::try_from(runtime_cmd::exec_helper(args)).unwrap_or(1));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -154,7 +161,7 @@ fn main() -> ExitCode {
             Command::Proxy(args) => proxy_cmd::run(args).await,
             Command::Runtime(args) => runtime_cmd::run(args).await,
             Command::Images(command) => runtime_cmd::images(command),
-            Command::RuntimeShim(_) => Ok(()),
+            Command::RuntimeShim(_) | Command::RuntimeExec(_) => Ok(()),
             Command::Crictl(args) => crictl_cmd::run(args).await,
         }
     });

@@ -57,6 +57,8 @@ pub struct ShimArgs {
     stdin: bool,
     #[arg(long)]
     stdin_once: bool,
+    #[arg(long)]
+    tty: bool,
 }
 
 /// Runs the shim until its container exits; the process exit status.
@@ -70,6 +72,31 @@ pub fn shim(args: ShimArgs) -> i32 {
         cgroup: args.cgroup,
         stdin: args.stdin,
         stdin_once: args.stdin_once,
+        tty: args.tty,
+    })
+}
+
+/// The TTY exec helper the runtime starts per exec with a terminal (not for humans).
+#[derive(Debug, Clone, Args)]
+pub struct ExecHelperArgs {
+    #[arg(long)]
+    id: String,
+    #[arg(long)]
+    runc: PathBuf,
+    #[arg(long)]
+    runc_root: PathBuf,
+    /// The command, after `--`.
+    #[arg(last = true, required = true)]
+    cmd: Vec<String>,
+}
+
+/// Runs a TTY exec until its process exits; the process's exit status.
+pub fn exec_helper(args: ExecHelperArgs) -> i32 {
+    ferrokube_runtime::tty::exec_helper(&ferrokube_runtime::tty::ExecHelperArgs {
+        runc: args.runc,
+        runc_root: args.runc_root,
+        id: args.id,
+        cmd: args.cmd,
     })
 }
 

@@ -2042,22 +2042,16 @@ pub async fn exec_streams_over_websocket(lab: &mut Lab) -> Result<()> {
     request.stderr = false;
     let url = exec_url(lab, request).await?;
     // The resize must reach the container's terminal (the command polls for it, 10s at
-    // most, then prints what it sees). Known deviation of ours: under load the first line
-    // of a TTY exec sometimes arrives as `on-a-tty\r\r\n`. runc's foreground terminal
-    // relay clears ONLCR on the container's terminal and then makes its own stdio raw
-    // but with OPOST kept; output written before the first step but copied after the
-    // second is translated twice. Holding the container's terminal directly (`runc exec
-    // --detach --console-socket`, as containerd's shim does) would fix it; until then the
-    // first line's ending is not asserted.
+    // most, then prints what it sees). Every line ends `\r\n`, the first one too.
     let input = [
-        Input::WaitFor(b"on-a-tty\r".to_vec()),
+        Input::WaitFor(b"on-a-tty\r\n".to_vec()),
         Input::Resize(100, 30),
         Input::WaitFor(b" end\r\n".to_vec()),
         Input::Stdin(b"bye\r".to_vec()),
     ];
     let out = exec(lab, &url, v4, &input).await?;
     ensure!(
-        out.stdout().starts_with("on-a-tty\r") && out.stdout().contains("\nsize 30 100 end\r\n"),
+        out.stdout().starts_with("on-a-tty\r\nsize 30 100 end\r\n"),
         "{out:?}"
     );
     if lab.kind == crate::harness::Kind::Ours {
@@ -2067,6 +2061,20 @@ pub async fn exec_streams_over_websocket(lab: &mut Lab) -> Result<()> {
         );
     }
     ensure!(out.exit_code()? == 4, "{out:?}");
+
+    // A TTY exec that cannot start ends with a Failure status naming runc's reason.
+    let mut request = exec_request(&id, &["/no/such/binary"]);
+    request.tty = true;
+    request.stderr = false;
+    let url = exec_url(lab, request).await?;
+    let out = exec(lab, &url, v4, &[]).await?;
+    ensure!(
+        out.status["status"] == "Failure"
+            && out.status["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("/no/such/binary") && m.contains("no such file")),
+        "{out:?}"
+    );
 
     // Validation.
     let unknown = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -2161,7 +2169,7 @@ pub async fn exec_streams_over_spdy(lab: &mut Lab) -> Result<()> {
 
     // A terminal with a resize stream. As over WebSocket: containerd 1.6 may drop a
     // terminal's output written right before the exit, so the last echo is checked on
-    // ours only, and ours' first line ending is not asserted (the known runc relay race).
+    // ours only.
     let mut request = exec_request(
         &id,
         &[
@@ -2183,14 +2191,14 @@ pub async fn exec_streams_over_spdy(lab: &mut Lab) -> Result<()> {
         tty: true,
     };
     let input = [
-        Input::WaitFor(b"on-a-tty\r".to_vec()),
+        Input::WaitFor(b"on-a-tty\r\n".to_vec()),
         Input::Resize(100, 30),
         Input::WaitFor(b" end\r\n".to_vec()),
         Input::Stdin(b"bye\r".to_vec()),
     ];
     let out = exec(lab, &url, &[v4], streams, &input).await?;
     ensure!(
-        out.stdout().starts_with("on-a-tty\r") && out.stdout().contains("\nsize 30 100 end\r\n"),
+        out.stdout().starts_with("on-a-tty\r\nsize 30 100 end\r\n"),
         "{out:?}"
     );
     if lab.kind == crate::harness::Kind::Ours {
@@ -2501,6 +2509,221 @@ pub async fn attach_streams_output(lab: &mut Lab) -> Result<()> {
         lab.runtime.attach(request(unknown)).await,
         tonic::Code::NotFound,
     )?;
+    remove_pod(lab, pod.0).await?;
+    Ok(())
+}
+
+/// Waits until the CRI log at `path` has an entry `matches` accepts (stream, content).
+async fn wait_log_entry(path: &Path, matches: impl Fn(&str, &str) -> bool) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let entries = log_entries(path).unwrap_or_default();
+        if entries.iter().any(|(stream, _, c)| matches(stream, c)) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "the entry never appeared in {}: {entries:?}",
+                path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A container with a terminal: stdin and stdout are the terminal, its output reaches the
+/// CRI log as stdout (with the terminal's `\r\n` endings); an attach over WebSocket with
+/// stdin resizes the terminal and types into it, after a runtime restart too.
+pub async fn tty_container_logs_and_attach(lab: &mut Lab) -> Result<()> {
+    use crate::stream::{Input, exec};
+    let pod_id = run_pod(lab, "ttypod").await?;
+    let pod = (pod_id.as_str(), "ttypod");
+    let mut config = container_config(
+        lab,
+        "term",
+        &["sh", "-c", "test -t 0 -a -t 1 && echo on-a-tty; sleep 3600"],
+    );
+    config.tty = true;
+    let id = create(lab, pod, config).await?;
+    start(lab, &id).await?;
+    let log = lab.dir.path().join("logs/ttypod/term.log");
+    wait_log_entry(&log, |stream, content| {
+        stream == "stdout" && content.trim_end_matches('\r') == "on-a-tty"
+    })
+    .await?;
+
+    // Waits (as long as the test lets it) for the resize, then for two lines.
+    let script = "until [ \"$(stty size)\" = '30 100' ]; do sleep 0.05; done; \
+                  echo \"size $(stty size) end\"; read line; echo \"got $line\"; read line";
+    let mut config = container_config(lab, "typed", &["sh", "-c", script]);
+    config.tty = true;
+    config.stdin = true;
+    let typed = create(lab, pod, config).await?;
+    start(lab, &typed).await?;
+    lab.restart().await?;
+    let url = lab
+        .runtime
+        .attach(cri::AttachRequest {
+            container_id: typed.clone(),
+            stdin: true,
+            tty: true,
+            stdout: true,
+            stderr: false,
+        })
+        .await?
+        .into_inner()
+        .url;
+    let input = [
+        Input::Resize(100, 30),
+        Input::WaitFor(b"size 30 100 end\r\n".to_vec()),
+        Input::Stdin(b"hello\r".to_vec()),
+        Input::WaitFor(b"got hello\r\n".to_vec()),
+        Input::Stdin(b"bye\r".to_vec()),
+    ];
+    let out = exec(lab, &url, "v4.channel.k8s.io", &input).await?;
+    // The terminal echoes what was typed.
+    ensure!(
+        out.stdout()
+            .contains("size 30 100 end\r\nhello\r\ngot hello\r\n"),
+        "{out:?}"
+    );
+    ensure!(out.exit_code()? == 0, "{out:?}");
+    let log = lab.dir.path().join("logs/ttypod/typed.log");
+    wait_log_entry(&log, |stream, content| {
+        stream == "stdout" && content.trim_end_matches('\r') == "got hello"
+    })
+    .await?;
+    remove_pod(lab, pod.0).await?;
+    Ok(())
+}
+
+/// Attach over SPDY/3.1 (`v4.channel.k8s.io`): stdin goes in on its stream (its FIN
+/// closes a `stdin_once` container's stdin), stdout and stderr come on theirs, Success on
+/// the error stream when the container ends; a container with a terminal gets the resize
+/// stream's sizes and the typed input; `ferrokube crictl attach --transport spdy` prints a
+/// container's output.
+pub async fn attach_over_spdy(lab: &mut Lab) -> Result<()> {
+    use crate::spdy_client::{Streams, exec};
+    use crate::stream::Input;
+    let pod_id = run_pod(lab, "spdyattach").await?;
+    let pod = (pod_id.as_str(), "spdyattach");
+    let mut config = container_config(
+        lab,
+        "reader",
+        &[
+            "sh",
+            "-c",
+            "while read line; do echo err $line >&2; echo got $line; done",
+        ],
+    );
+    config.stdin = true;
+    config.stdin_once = true;
+    let reader = create(lab, pod, config).await?;
+    start(lab, &reader).await?;
+    let url = lab
+        .runtime
+        .attach(cri::AttachRequest {
+            container_id: reader.clone(),
+            stdin: true,
+            tty: false,
+            stdout: true,
+            stderr: true,
+        })
+        .await?
+        .into_inner()
+        .url;
+    let streams = Streams {
+        stdin: true,
+        stdout: true,
+        stderr: true,
+        tty: false,
+    };
+    let input = [
+        Input::Stdin(b"hello\n".to_vec()),
+        Input::WaitFor(b"got hello\n".to_vec()),
+        Input::CloseStdin,
+    ];
+    let out = exec(lab, &url, &["v4.channel.k8s.io"], streams, &input).await?;
+    ensure!(out.protocol == "v4.channel.k8s.io", "{out:?}");
+    ensure!(out.stdout() == "got hello\n", "{out:?}");
+    ensure!(out.stderr() == "err hello\n", "{out:?}");
+    ensure!(out.exit_code()? == 0, "{out:?}");
+
+    // A container with a terminal, attached with a resize stream.
+    let script = "until [ \"$(stty size)\" = '30 100' ]; do sleep 0.05; done; \
+                  echo \"size $(stty size) end\"; read line; echo \"got $line\"; read line";
+    let mut config = container_config(lab, "term", &["sh", "-c", script]);
+    config.tty = true;
+    config.stdin = true;
+    let term = create(lab, pod, config).await?;
+    start(lab, &term).await?;
+    let url = lab
+        .runtime
+        .attach(cri::AttachRequest {
+            container_id: term.clone(),
+            stdin: true,
+            tty: true,
+            stdout: true,
+            stderr: false,
+        })
+        .await?
+        .into_inner()
+        .url;
+    let streams = Streams {
+        stdin: true,
+        stdout: true,
+        stderr: false,
+        tty: true,
+    };
+    let input = [
+        Input::Resize(100, 30),
+        Input::WaitFor(b"size 30 100 end\r\n".to_vec()),
+        Input::Stdin(b"hello\r".to_vec()),
+        Input::WaitFor(b"got hello\r\n".to_vec()),
+        Input::Stdin(b"bye\r".to_vec()),
+    ];
+    let out = exec(lab, &url, &["v4.channel.k8s.io"], streams, &input).await?;
+    ensure!(
+        out.stdout()
+            .contains("size 30 100 end\r\nhello\r\ngot hello\r\n"),
+        "{out:?}"
+    );
+    ensure!(out.exit_code()? == 0, "{out:?}");
+
+    let ticker = create(
+        lab,
+        pod,
+        container_config(
+            lab,
+            "ticker",
+            &[
+                "sh",
+                "-c",
+                "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done",
+            ],
+        ),
+    )
+    .await?;
+    start(lab, &ticker).await?;
+    let socket = format!("unix://{}", lab.dir.path().join("cri.sock").display());
+    let child = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", lab.node.path().display()))
+        .arg("--")
+        .arg(crate::harness::BIN)
+        .args(["crictl", "--runtime-endpoint", &socket, "attach"])
+        .args(["--transport", "spdy", &ticker])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut attached = KillOnDrop(child);
+    let stdout = attached.0.stdout.take().context("stdout")?;
+    let line = tokio::task::block_in_place(|| -> Result<String> {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+        Ok(line)
+    })?;
+    ensure!(line.starts_with("tick "), "{line:?}");
+    drop(attached);
     remove_pod(lab, pod.0).await?;
     Ok(())
 }

@@ -92,4 +92,6 @@ cases!(
     exec_streams_over_spdy,
     port_forward_over_spdy,
     attach_streams_output,
+    tty_container_logs_and_attach,
+    attach_over_spdy,
 );

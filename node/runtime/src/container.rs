@@ -98,6 +98,9 @@ pub struct Record {
     /// Close the container's stdin when the first attach that sent stdin leaves.
     #[serde(default)]
     pub stdin_once: bool,
+    /// The container has a terminal (held by its shim).
+    #[serde(default)]
+    pub tty: bool,
 }
 
 /// Where a container is in its life.
@@ -304,26 +307,53 @@ impl Containers {
         Ok(record)
     }
 
-    /// `runc exec [--tty] <id> <cmd...>` for a running container (killed when dropped);
-    /// the caller sets its stdio. With `tty`, runc allocates the container's terminal and
-    /// relays it to its own stdio, which must then be a terminal (see
-    /// [`crate::streaming`]).
+    /// `runc exec <id> <cmd...>` without a terminal for a running container (killed when
+    /// dropped); the caller sets its stdio.
     pub fn exec_command(
         &self,
         id: &str,
         cmd: &[String],
-        tty: bool,
     ) -> Result<tokio::process::Command, ContainerError> {
         let record = self.running(id)?;
         if cmd.is_empty() {
             return Err(ContainerError::Invalid("exec needs a command".into()));
         }
         let mut command = tokio::process::Command::new(&self.runc);
-        command.arg("--root").arg(&self.runc_root).arg("exec");
-        if tty {
-            command.arg("--tty");
+        command
+            .arg("--root")
+            .arg(&self.runc_root)
+            .arg("exec")
+            .arg(&record.id)
+            .args(cmd)
+            .kill_on_drop(true);
+        Ok(command)
+    }
+
+    /// The TTY exec helper (`<shim> runtime-exec`, see [`crate::tty`]) running `cmd` in a
+    /// running container with a terminal; its stdout must be a unix socket, on which the
+    /// terminal's master arrives. Killed when dropped (the exec process then gets a
+    /// hangup once the master is closed).
+    pub fn exec_tty_command(
+        &self,
+        id: &str,
+        cmd: &[String],
+    ) -> Result<tokio::process::Command, ContainerError> {
+        let record = self.running(id)?;
+        if cmd.is_empty() {
+            return Err(ContainerError::Invalid("exec needs a command".into()));
         }
-        command.arg(&record.id).args(cmd).kill_on_drop(true);
+        let mut command = tokio::process::Command::new(&self.shim);
+        command
+            .arg("runtime-exec")
+            .arg("--runc")
+            .arg(&self.runc)
+            .arg("--runc-root")
+            .arg(&self.runc_root)
+            .arg("--id")
+            .arg(&record.id)
+            .arg("--")
+            .args(cmd)
+            .kill_on_drop(true);
         Ok(command)
     }
 
@@ -408,11 +438,6 @@ impl Containers {
             .store
             .find(&image_name)?
             .ok_or_else(|| ContainerError::ImageNotFound(image_name.clone()))?;
-        if config.tty {
-            return Err(ContainerError::Invalid(
-                "containers with a tty are not supported yet".into(),
-            ));
-        }
         let key = format!(
             "{}_{}_{}_{}_{}",
             metadata.name,
@@ -464,6 +489,7 @@ impl Containers {
             name_key: key.clone(),
             stdin: config.stdin,
             stdin_once: config.stdin_once,
+            tty: config.tty,
         };
         match self.build(sandbox, &config, &image, &record) {
             Ok(()) => {
@@ -551,6 +577,7 @@ impl Containers {
             .arg(&record.cgroup)
             .args(record.stdin.then_some("--stdin"))
             .args(record.stdin_once.then_some("--stdin-once"))
+            .args(record.tty.then_some("--tty"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -734,7 +761,7 @@ impl Containers {
         timeout: Option<Duration>,
     ) -> Result<(Vec<u8>, Vec<u8>, i32), ContainerError> {
         let child = self
-            .exec_command(id, cmd, false)?
+            .exec_command(id, cmd)?
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -962,7 +989,7 @@ fn oci_spec(
         .map_err(spec_err)?;
     let resources = linux.resources.clone().unwrap_or_default();
     let mut process = ProcessBuilder::default()
-        .terminal(false)
+        .terminal(record.tty)
         .user(user)
         .args(args)
         .env(env)

@@ -14,13 +14,13 @@
 //!   `oci-spec`), each watched by a [`shim`] process that holds its stdio, writes the CRI
 //!   log and records its exit, so containers outlive a runtime restart;
 //! - [`streaming`]: the streaming server behind Exec, Attach and PortForward (single-use
-//!   token URLs; WebSocket channel protocols v4/v5 for exec, with or without a terminal,
-//!   attach to a container's output through its shim, v4 port forwarding into the
+//!   token URLs; WebSocket channel protocols v4/v5 and SPDY/3.1 for exec, with or without
+//!   a terminal, attach to a container through its shim, port forwarding into the
 //!   sandbox's network namespace);
+//! - [`tty`]: terminals runc allocates (`--console-socket`), and the TTY exec helper;
 //! - [`service`]: the CRI services over all of the above, and [`server`]: serving them.
 //!
-//! Not built yet: SPDY/3.1 on the streaming server, TTY containers (so no TTY attach),
-//! checkpoints, container events.
+//! Not built yet: checkpoints, container events.
 //!
 //! The CRI v1 messages and the tonic 0.14 server traits come from the `k8s-cri` crate
 //! (generated from upstream's `api.proto`), so there is no `proto/` directory here.
@@ -36,3 +36,4 @@ pub mod service;
 pub mod shim;
 pub mod store;
 pub mod streaming;
+pub mod tty;

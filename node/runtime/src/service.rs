@@ -951,6 +951,7 @@ impl RuntimeService for Runtime {
                 stdin: r.stdin,
                 stdout: r.stdout,
                 stderr: r.stderr,
+                tty: r.tty,
             })
             .map_err(ServiceError::from)?;
         Ok(Response::new(cri::AttachResponse { url }))

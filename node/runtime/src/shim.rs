@@ -1,15 +1,22 @@
 //! The per-container monitor (`ferrokube runtime-shim`, the runtime's own binary
 //! re-executed, in its own process group so a runtime restart leaves it running), like
 //! conmon or containerd-shim: it becomes a child subreaper, runs `runc create` with the
-//! container's stdout/stderr on pipes it holds, reports creation through
-//! `<dir>/created`, writes the CRI log (`<RFC3339Nano> <stream> <F|P> <content>`;
-//! SIGUSR1 reopens it, for ReopenContainerLog), relays the output to Attach clients on
-//! `<dir>/attach.sock` and, for containers created with stdin, feeds it what they send,
-//! waits
-//! for the container's init and records its exit in `<dir>/exit.json` (with OOM kills
-//! read from the memory cgroup).
+//! container's stdout/stderr on pipes it holds (or, for a container with a terminal,
+//! with `--console-socket`, and then holds the terminal's master, see [`crate::tty`]),
+//! reports creation through `<dir>/created`, writes the CRI log (`<RFC3339Nano> <stream>
+//! <F|P> <content>`, a terminal's output as `stdout` with its `\r\n` endings, as
+//! containerd logs it; SIGUSR1 reopens the log, for ReopenContainerLog), relays the
+//! output to Attach clients on `<dir>/attach.sock` and, for containers created with
+//! stdin, feeds it what they send (into the terminal when there is one; their resizes
+//! set the terminal's size), waits for the container's init and records its exit in
+//! `<dir>/exit.json` (with OOM kills read from the memory cgroup).
+//!
+//! The attach socket protocol, both ways: frames of a type byte, a u32 big-endian length
+//! and the bytes. Shim to client: 1 stdout, 2 stderr, relayed as read. Client to shim:
+//! 0 stdin, 4 resize (`{"Width":..,"Height":..}`); the client half-closing its side is
+//! the end of its stdin.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -50,6 +57,8 @@ pub struct ShimArgs {
     pub stdin: bool,
     /// Close that pipe when the first attach client that wrote to it leaves.
     pub stdin_once: bool,
+    /// Give the container a terminal (its stdin, stdout and stderr).
+    pub tty: bool,
 }
 
 /// How the container ended.
@@ -98,42 +107,90 @@ type Attached = Arc<Mutex<Vec<std::os::unix::net::UnixStream>>>;
 /// (state directories can be longer than a socket address allows).
 pub const ATTACH_SOCKET: &str = "attach.sock";
 
-/// Attach frames: stream byte (1 stdout, 2 stderr), u32 big-endian length, the bytes.
-/// Output is relayed a line (or 16 KiB) at a time, as it is logged.
+/// Attach frame type: stdin data (client to shim).
+pub const FRAME_STDIN: u8 = 0;
+/// Attach frame type: stdout data (shim to client).
+pub const FRAME_STDOUT: u8 = 1;
+/// Attach frame type: stderr data (shim to client).
+pub const FRAME_STDERR: u8 = 2;
+/// Attach frame type: a resize (client to shim).
+pub const FRAME_RESIZE: u8 = 4;
+
+/// Encodes an attach frame.
+pub fn attach_frame(kind: u8, data: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(data.len() + 5);
+    frame.push(kind);
+    frame.extend_from_slice(&u32::try_from(data.len()).unwrap_or(u32::MAX).to_be_bytes());
+    frame.extend_from_slice(data);
+    frame
+}
+
+/// Longest attach frame a client may send.
+const MAX_FRAME: usize = 1024 * 1024;
+
+/// Reads one attach frame; `None` at the end of the stream (or on garbage).
+fn read_frame(reader: &mut impl Read) -> Option<(u8, Vec<u8>)> {
+    let mut header = [0u8; 5];
+    reader.read_exact(&mut header).ok()?;
+    let len = usize::try_from(u32::from_be_bytes([
+        header[1], header[2], header[3], header[4],
+    ]))
+    .ok()
+    .filter(|&len| len <= MAX_FRAME)?;
+    let mut data = vec![0u8; len];
+    reader.read_exact(&mut data).ok()?;
+    Some((header[0], data))
+}
+
+/// Sends output to every attach client.
 fn broadcast(attached: &Attached, channel: u8, data: &[u8]) {
     let mut clients = attached.lock().unwrap_or_else(|p| p.into_inner());
     if clients.is_empty() {
         return;
     }
-    let mut frame = Vec::with_capacity(data.len() + 5);
-    frame.push(channel);
-    frame.extend_from_slice(&u32::try_from(data.len()).unwrap_or(u32::MAX).to_be_bytes());
-    frame.extend_from_slice(data);
+    let frame = attach_frame(channel, data);
     // A client that cannot keep up (1s write timeout) or went away is dropped.
     clients.retain_mut(|c| c.write_all(&frame).is_ok());
 }
 
-/// The container's stdin (when it has one), shared by attach clients.
-type Stdin = Arc<Mutex<Option<std::io::PipeWriter>>>;
+/// The container's stdin (when it has one: a pipe, or its terminal), shared by attach
+/// clients.
+type Stdin = Arc<Mutex<Option<Box<dyn Write + Send>>>>;
 
-/// Copies what an attach client sends into the container's stdin; with `stdin_once`,
-/// closes it when that client leaves.
-fn feed_stdin(mut conn: std::os::unix::net::UnixStream, stdin: Stdin, stdin_once: bool) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
+/// The container's terminal master, when it has one (for resizes).
+type Master = Option<Arc<std::os::fd::OwnedFd>>;
+
+/// Applies what an attach client sends: stdin into the container's stdin, resizes to its
+/// terminal; with `stdin_once`, closes stdin when a client that sent some leaves.
+fn feed_stdin(
+    mut conn: std::os::unix::net::UnixStream,
+    stdin: Stdin,
+    stdin_once: bool,
+    master: Master,
+) {
+    let mut wrote = false;
+    while let Some((kind, data)) = read_frame(&mut conn) {
+        match kind {
+            FRAME_STDIN => {
+                wrote = true;
                 let mut guard = stdin.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(w) = guard.as_mut()
-                    && w.write_all(&buf[..n]).is_err()
+                    && (w.write_all(&data).is_err() || w.flush().is_err())
                 {
                     *guard = None;
                 }
             }
+            FRAME_RESIZE => {
+                if let (Some(master), Ok(size)) =
+                    (&master, serde_json::from_slice::<crate::tty::Size>(&data))
+                {
+                    crate::tty::set_size(&**master, size.width, size.height);
+                }
+            }
+            _ => {}
         }
     }
-    if stdin_once {
+    if stdin_once && wrote {
         *stdin.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
@@ -145,6 +202,7 @@ fn serve_attach(
     attached: Attached,
     stdin: Stdin,
     stdin_once: bool,
+    master: Master,
 ) -> Result<(), ShimError> {
     use std::os::fd::AsRawFd as _;
     let dir_file =
@@ -158,8 +216,8 @@ fn serve_attach(
         for conn in listener.incoming().flatten() {
             let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
             if let Ok(reader) = conn.try_clone() {
-                let stdin = stdin.clone();
-                std::thread::spawn(move || feed_stdin(reader, stdin, stdin_once));
+                let (stdin, master) = (stdin.clone(), master.clone());
+                std::thread::spawn(move || feed_stdin(reader, stdin, stdin_once, master));
             }
             attached
                 .lock()
@@ -170,35 +228,20 @@ fn serve_attach(
     Ok(())
 }
 
-/// Copies a stream into the CRI log and to attach clients.
+/// Copies a stream into the CRI log (a line, or 16 KiB of one, per entry) and to attach
+/// clients (as read, so a terminal's prompt shows before its line ends).
 fn pump(
     stream: &'static str,
-    source: impl Read,
+    mut source: impl Read,
     log: Arc<Mutex<std::fs::File>>,
     attached: Attached,
 ) {
-    let channel = if stream == "stdout" { 1 } else { 2 };
-    let mut reader = BufReader::with_capacity(MAX_LINE, source);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let n = match (&mut reader)
-            .take(MAX_LINE as u64)
-            .read_until(b'\n', &mut line)
-        {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        // A line cut at MAX_LINE is partial; an unterminated last line at EOF is full,
-        // as containerd writes it.
-        broadcast(&attached, channel, &line[..n]);
-        let (tag, content) = if line.ends_with(b"\n") {
-            ("F", &line[..n - 1])
-        } else if n == MAX_LINE {
-            ("P", &line[..n])
-        } else {
-            ("F", &line[..n])
-        };
+    let channel = if stream == "stdout" {
+        FRAME_STDOUT
+    } else {
+        FRAME_STDERR
+    };
+    let write = |tag: &str, content: &[u8]| {
         let mut entry = format!(
             "{} {stream} {tag} ",
             rfc3339_nanos(crate::sandbox::now_nanos())
@@ -210,6 +253,37 @@ fn pump(
         if let Err(e) = file.write_all(&entry) {
             tracing::warn!("writing the container log: {e}");
         }
+    };
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; MAX_LINE];
+    loop {
+        // A terminal's master reports EIO once the last slave closes: its end too.
+        let n = match source.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        broadcast(&attached, channel, &buf[..n]);
+        pending.extend_from_slice(&buf[..n]);
+        // Lines end at `\n` within MAX_LINE bytes; longer ones are cut into `P` parts.
+        let mut start = 0;
+        loop {
+            let rest = &pending[start..];
+            let window = &rest[..rest.len().min(MAX_LINE)];
+            if let Some(pos) = window.iter().position(|&b| b == b'\n') {
+                write("F", &window[..pos]);
+                start += pos + 1;
+            } else if window.len() == MAX_LINE {
+                write("P", window);
+                start += MAX_LINE;
+            } else {
+                break;
+            }
+        }
+        pending.drain(..start);
+    }
+    // An unterminated last line is full, as containerd writes it.
+    if !pending.is_empty() {
+        write("F", &pending);
     }
 }
 
@@ -267,17 +341,10 @@ fn monitor(args: &ShimArgs, created: &Path) -> Result<(), ShimError> {
         .open(&args.log_path)
         .map_err(|e| ShimError::Io(args.log_path.display().to_string(), e))?;
     let log = Arc::new(Mutex::new(log));
-    let (out_r, out_w) = std::io::pipe().map_err(|e| ShimError::Io("pipe".into(), e))?;
-    let (err_r, err_w) = std::io::pipe().map_err(|e| ShimError::Io("pipe".into(), e))?;
-    let (stdin_r, stdin_w) = if args.stdin {
-        let (r, w) = std::io::pipe().map_err(|e| ShimError::Io("pipe".into(), e))?;
-        (Stdio::from(r), Some(w))
-    } else {
-        (Stdio::null(), None)
-    };
     let pid_file = args.dir.join("pid");
     let create_log = args.dir.join("runc-create.log");
-    let status = Command::new(&args.runc)
+    let mut create = Command::new(&args.runc);
+    create
         .arg("--root")
         .arg(&args.runc_root)
         .arg("--log")
@@ -286,16 +353,72 @@ fn monitor(args: &ShimArgs, created: &Path) -> Result<(), ShimError> {
         .arg("--bundle")
         .arg(args.dir.join("bundle"))
         .arg("--pid-file")
-        .arg(&pid_file)
+        .arg(&pid_file);
+    // The container's output streams, its stdin and its terminal.
+    let outputs: Vec<(&'static str, Box<dyn Read + Send>)>;
+    let stdin_w: Option<Box<dyn Write + Send>>;
+    let mut master: Master = None;
+    let console = if args.tty {
+        let console =
+            crate::tty::ConsoleSocket::bind().map_err(|e| ShimError::Create(e.to_string()))?;
+        create
+            .arg("--console-socket")
+            .arg(console.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Some(console)
+    } else {
+        None
+    };
+    let mut pipes = None;
+    if console.is_none() {
+        let (out_r, out_w) = std::io::pipe().map_err(|e| ShimError::Io("pipe".into(), e))?;
+        let (err_r, err_w) = std::io::pipe().map_err(|e| ShimError::Io("pipe".into(), e))?;
+        let (stdin_r, stdin_w) = if args.stdin {
+            let (r, w) = std::io::pipe().map_err(|e| ShimError::Io("pipe".into(), e))?;
+            (Stdio::from(r), Some(w))
+        } else {
+            (Stdio::null(), None)
+        };
+        create.stdin(stdin_r).stdout(out_w).stderr(err_w);
+        pipes = Some((out_r, err_r, stdin_w));
+    }
+    let status = create
         .arg(&args.id)
-        .stdin(stdin_r)
-        .stdout(out_w)
-        .stderr(err_w)
         .status()
         .map_err(|e| ShimError::Io("running runc create".into(), e))?;
+    // runc's copies of the pipes must close for the container's end to be seen.
+    drop(create);
     if !status.success() {
         let log = std::fs::read_to_string(&create_log).unwrap_or_default();
         return Err(ShimError::Create(log.trim().to_string()));
+    }
+    match (console, pipes) {
+        (Some(console), _) => {
+            // runc has sent the terminal's master before exiting.
+            let fd = console
+                .receive(Duration::from_secs(10))
+                .map_err(|e| ShimError::Create(e.to_string()))?;
+            drop(console);
+            let dup = |fd: &std::os::fd::OwnedFd| {
+                fd.try_clone()
+                    .map(std::fs::File::from)
+                    .map_err(|e| ShimError::Io("dup of the terminal".into(), e))
+            };
+            outputs = vec![("stdout", Box::new(dup(&fd)?))];
+            stdin_w = if args.stdin {
+                Some(Box::new(dup(&fd)?))
+            } else {
+                None
+            };
+            master = Some(Arc::new(fd));
+        }
+        (None, Some((out_r, err_r, w))) => {
+            outputs = vec![("stdout", Box::new(out_r)), ("stderr", Box::new(err_r))];
+            stdin_w = w.map(|w| Box::new(w) as Box<dyn Write + Send>);
+        }
+        (None, None) => return Err(ShimError::Create("no stdio for the container".into())),
     }
     let pid: i32 = std::fs::read_to_string(&pid_file)
         .map_err(|e| ShimError::Io(pid_file.display().to_string(), e))?
@@ -327,15 +450,20 @@ fn monitor(args: &ShimArgs, created: &Path) -> Result<(), ShimError> {
     }
     let attached: Attached = Arc::default();
     let stdin: Stdin = Arc::new(Mutex::new(stdin_w));
-    serve_attach(&args.dir, attached.clone(), stdin.clone(), args.stdin_once)?;
-    let out = {
-        let (log, attached) = (log.clone(), attached.clone());
-        std::thread::spawn(move || pump("stdout", out_r, log, attached))
-    };
-    let err = {
-        let (log, attached) = (log.clone(), attached.clone());
-        std::thread::spawn(move || pump("stderr", err_r, log, attached))
-    };
+    serve_attach(
+        &args.dir,
+        attached.clone(),
+        stdin.clone(),
+        args.stdin_once,
+        master.clone(),
+    )?;
+    let pumps: Vec<_> = outputs
+        .into_iter()
+        .map(|(stream, source)| {
+            let (log, attached) = (log.clone(), attached.clone());
+            std::thread::spawn(move || pump(stream, source, log, attached))
+        })
+        .collect();
     write_atomic(created, b"ok")?;
     // The container's init is our child now (runc exited, we are the subreaper).
     let code = loop {
@@ -352,7 +480,7 @@ fn monitor(args: &ShimArgs, created: &Path) -> Result<(), ShimError> {
     // Let the pumps drain what the container wrote last (bounded: a leftover process
     // may still hold the pipes).
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while !(out.is_finished() && err.is_finished()) && std::time::Instant::now() < deadline {
+    while !pumps.iter().all(|p| p.is_finished()) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     // Attach clients see the end of the stream.

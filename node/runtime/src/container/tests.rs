@@ -141,6 +141,7 @@ fn spec_joins_the_sandbox_and_carries_limits() {
         name_key: String::new(),
         stdin: false,
         stdin_once: false,
+        tty: false,
     };
     let img = image(&["/bin/sleep"], &["1"], "");
     let spec = oci_spec(&sandbox, &config, &img, &record, dir.path(), &sandbox.dir).expect("spec");
@@ -223,6 +224,7 @@ fn phase_comes_from_the_files() {
         name_key: "k".into(),
         stdin: false,
         stdin_once: false,
+        tty: false,
     };
     let state = dir.path().join("containers/c1");
     std::fs::create_dir_all(&state).expect("mkdir");

@@ -1,29 +1,23 @@
 //! Exec over a WebSocket channel protocol: `runc exec` in the container, its stdio relayed
 //! on the channels, then a `metav1.Status` on the error channel and a close frame.
 //!
-//! Without a terminal runc gets pipes. With one, runc is run in the foreground with
-//! `--tty`: it allocates the container's terminal and relays it to its own stdio, so its
-//! stdio is the slave of a pseudo-terminal this module opens and the module talks to the
-//! master. A resize sets the master's window size and sends runc SIGWINCH, on which runc
-//! copies the size to the container's terminal (that is how runc's foreground mode
-//! propagates resizes; `--console-socket` only works with `--detach`, which would make the
-//! exec process nobody's child and its exit code unobtainable).
-//!
-//! Known flaw of that relay: runc clears ONLCR on the container's terminal once it has it
-//! and makes its own stdio raw with OPOST kept, so output the process writes before the
-//! first step but runc copies after the second gets `\r\r\n`. The fix is to hold the
-//! container's terminal ourselves (`--detach --console-socket`, reaping the process as a
-//! child subreaper), as containerd's shim does.
+//! Without a terminal runc gets pipes. With one, the runtime holds the container's
+//! terminal itself, as containerd's shim does: the TTY exec helper ([`crate::tty`], a
+//! short-lived child process that is a child subreaper) runs `runc exec --detach --tty
+//! --console-socket`, passes the terminal's master it receives to this module over a unix
+//! socket, reaps the exec process and exits with its code. This module reads and writes
+//! the master directly, and a resize sets the master's window size (the kernel signals
+//! the process). Nothing sits between the process and its terminal, so output keeps the
+//! terminal's own line discipline (`\r\n` endings from the first byte on); runc's
+//! foreground relay (`runc exec --tty`), used before, could translate early output twice
+//! (`\r\r\n`) because it switches the container's terminal and its own stdio to raw in
+//! two steps.
 
-use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::process::Stdio;
 
 use futures::{SinkExt as _, StreamExt as _};
-use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -45,89 +39,83 @@ struct Session {
     terminal: Option<Terminal>,
 }
 
-/// The master of the pseudo-terminal runc's stdio is on, for resizes.
+/// The master of the container's terminal, for resizes.
 struct Terminal {
     master: OwnedFd,
-    runc: Option<nix::unistd::Pid>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct Size {
-    width: u16,
-    height: u16,
 }
 
 impl Terminal {
     fn resize(&self, payload: &[u8]) {
-        let Ok(size) = serde_json::from_slice::<Size>(payload) else {
+        let Ok(size) = serde_json::from_slice::<crate::tty::Size>(payload) else {
             tracing::debug!("ignoring a malformed resize message");
             return;
         };
-        let winsize = rustix::termios::Winsize {
-            ws_row: size.height,
-            ws_col: size.width,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        if let Err(e) = rustix::termios::tcsetwinsize(&self.master, winsize) {
-            tracing::debug!(error = %e, "resizing the exec terminal");
-        }
-        if let Some(pid) = self.runc {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGWINCH);
-        }
+        crate::tty::set_size(&self.master, size.width, size.height);
     }
 }
 
-/// Opens a pseudo-terminal: (master, slave).
-fn open_pty() -> std::io::Result<(OwnedFd, File)> {
-    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
-    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
-    grantpt(&master)?;
-    unlockpt(&master)?;
-    let name = ptsname(&master, Vec::new())?;
-    let slave = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(nix::libc::O_NOCTTY)
-        .open(OsStr::from_bytes(name.as_bytes()))?;
-    // Raw from the start: runc makes its terminal raw too (keeping OPOST), but only once
-    // the exec has started.
-    let mut termios = rustix::termios::tcgetattr(&slave)?;
-    termios.make_raw();
-    rustix::termios::tcsetattr(&slave, rustix::termios::OptionalActions::Now, &termios)?;
-    Ok((master, slave))
-}
+/// How long a TTY exec may take to start (runc exec, the terminal handed over).
+const TTY_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-fn start(containers: &Containers, request: &ExecRequest) -> Result<Session, ContainerError> {
+/// Starts a TTY exec through the helper: the session's reader and writer are the
+/// terminal's master, its child the helper (whose exit code is the process's).
+async fn start_tty(
+    containers: &Containers,
+    request: &ExecRequest,
+) -> Result<Session, ContainerError> {
     let io = |what: &'static str| {
         move |e: std::io::Error| ContainerError::Io(what.into(), e.to_string())
     };
-    let mut command = containers.exec_command(&request.container_id, &request.cmd, request.tty)?;
+    let mut command = containers.exec_tty_command(&request.container_id, &request.cmd)?;
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(io("socketpair"))?;
+    command
+        .stdin(Stdio::null())
+        .stdout(OwnedFd::from(theirs))
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().map_err(io("running the exec helper"))?;
+    // Its copy of the socket must close for ours to see the helper's end.
+    drop(command);
+    // Bounded: a helper stuck in runc must not pin a blocking thread forever (it is
+    // killed when `child` drops).
+    ours.set_read_timeout(Some(TTY_START_TIMEOUT))
+        .map_err(io("socket timeout"))?;
+    let received = tokio::task::spawn_blocking(move || crate::tty::recv_fd(&ours)).await;
+    let master = match received {
+        Ok(Ok(Some(master))) => master,
+        other => {
+            let mut reason = String::new();
+            if let Some(mut stderr) = child.stderr.take() {
+                let _ = stderr.read_to_string(&mut reason).await;
+            }
+            let _ = child.wait().await;
+            let reason = match other {
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+                Ok(_) => reason.trim().to_string(),
+            };
+            return Err(ContainerError::Runtime(reason));
+        }
+    };
+    let reader = File::from(master.try_clone().map_err(io("dup pty"))?);
+    let writer = File::from(master.try_clone().map_err(io("dup pty"))?);
+    Ok(Session {
+        child,
+        stdin: request
+            .stdin
+            .then(|| Box::new(tokio::fs::File::from_std(writer)) as Writer),
+        outputs: vec![(STDOUT, Box::new(tokio::fs::File::from_std(reader)))],
+        terminal: Some(Terminal { master }),
+    })
+}
+
+async fn start(containers: &Containers, request: &ExecRequest) -> Result<Session, ContainerError> {
     if request.tty {
-        let (master, slave) = open_pty().map_err(io("opening a pseudo-terminal"))?;
-        command
-            .stdin(slave.try_clone().map_err(io("dup pty"))?)
-            .stdout(slave.try_clone().map_err(io("dup pty"))?)
-            .stderr(slave);
-        let child = command.spawn().map_err(io("running runc exec"))?;
-        // The slave copies in `command` must close for the master to see the end.
-        drop(command);
-        let reader = File::from(master.try_clone().map_err(io("dup pty"))?);
-        let writer = File::from(master.try_clone().map_err(io("dup pty"))?);
-        let runc = child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .map(nix::unistd::Pid::from_raw);
-        return Ok(Session {
-            child,
-            stdin: request
-                .stdin
-                .then(|| Box::new(tokio::fs::File::from_std(writer)) as Writer),
-            outputs: vec![(STDOUT, Box::new(tokio::fs::File::from_std(reader)))],
-            terminal: Some(Terminal { master, runc }),
-        });
+        return start_tty(containers, request).await;
     }
+    let io = |what: &'static str| {
+        move |e: std::io::Error| ContainerError::Io(what.into(), e.to_string())
+    };
+    let mut command = containers.exec_command(&request.container_id, &request.cmd)?;
     let pipe = |wanted: bool| {
         if wanted {
             Stdio::piped()
@@ -261,7 +249,7 @@ pub async fn serve(
         ERROR
     };
     let _ = tx.send(frame(first, &[])).await;
-    let status = match start(containers, &request) {
+    let status = match start(containers, &request).await {
         Err(e) => {
             drop(source);
             failure(e.to_string())
@@ -293,28 +281,122 @@ pub async fn serve(
     let _ = writer.await;
 }
 
-/// The SPDY streams of one exec, by their `streamType`.
+/// The SPDY streams of one exec or attach, by their `streamType`.
 #[derive(Debug, Default)]
-struct SpdyStreams {
-    error: Option<u32>,
-    stdin: Option<u32>,
-    stdout: Option<u32>,
-    stderr: Option<u32>,
-    resize: Option<u32>,
+pub(super) struct SpdyStreams {
+    pub(super) error: Option<u32>,
+    pub(super) stdin: Option<u32>,
+    pub(super) stdout: Option<u32>,
+    pub(super) stderr: Option<u32>,
+    pub(super) resize: Option<u32>,
 }
 
+/// Which streams a request needs: stdin, stdout, stderr, resize.
+pub(super) type Wanted = (bool, bool, bool, bool);
+
 impl SpdyStreams {
-    fn complete(&self, request: &ExecRequest, resize: bool) -> bool {
+    fn complete(&self, (stdin, stdout, stderr, resize): Wanted) -> bool {
         self.error.is_some()
-            && (!request.stdin || self.stdin.is_some())
-            && (!request.stdout || self.stdout.is_some())
-            && (!request.stderr || self.stderr.is_some())
-            && (!(request.tty && resize) || self.resize.is_some())
+            && (!stdin || self.stdin.is_some())
+            && (!stdout || self.stdout.is_some())
+            && (!stderr || self.stderr.is_some())
+            && (!resize || self.resize.is_some())
     }
 }
 
 /// How long an SPDY client gets to open its streams (upstream's stream creation timeout).
 const STREAM_CREATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits for the client to open the streams `wanted` needs (refusing unknown types); the
+/// streams and the events that came meanwhile, `None` if the client went away or was too
+/// slow.
+pub(super) async fn open_spdy_streams(
+    session: &mut super::spdy::Session,
+    wanted: Wanted,
+) -> Option<(SpdyStreams, Vec<super::spdy::Event>)> {
+    use super::spdy::{Event, header};
+    let tx = session.sender();
+    let mut streams = SpdyStreams::default();
+    let mut early = Vec::new();
+    let deadline = tokio::time::Instant::now() + STREAM_CREATION_TIMEOUT;
+    while !streams.complete(wanted) {
+        let event = match tokio::time::timeout_at(deadline, session.events.recv()).await {
+            Ok(Some(event)) => event,
+            Ok(None) => return None,
+            Err(_) => {
+                tracing::debug!("spdy: the client did not open its streams in time");
+                return None;
+            }
+        };
+        match event {
+            Event::Open { id, headers } => {
+                let slot = match header(&headers, "streamtype") {
+                    Some("error") => &mut streams.error,
+                    Some("stdin") => &mut streams.stdin,
+                    Some("stdout") => &mut streams.stdout,
+                    Some("stderr") => &mut streams.stderr,
+                    Some("resize") => &mut streams.resize,
+                    other => {
+                        tracing::debug!(?other, "spdy: unknown stream type");
+                        tx.reset(id, super::spdy::REFUSED_STREAM).await;
+                        continue;
+                    }
+                };
+                *slot = Some(id);
+            }
+            other => early.push(other),
+        }
+    }
+    Some((streams, early))
+}
+
+/// Parses the resize messages complete in `buf` (a stream of JSON objects), leaving the
+/// rest.
+pub(super) fn take_resizes(buf: &mut Vec<u8>) -> Vec<Vec<u8>> {
+    let mut sizes = serde_json::Deserializer::from_slice(buf).into_iter::<serde_json::Value>();
+    let mut found = Vec::new();
+    let mut consumed = 0;
+    while let Some(Ok(size)) = sizes.next() {
+        consumed = sizes.byte_offset();
+        found.push(size.to_string().into_bytes());
+    }
+    buf.drain(..consumed);
+    found
+}
+
+/// Ends an SPDY exec or attach: the outcome on the error stream (v4: a `metav1.Status`;
+/// older protocols: a message, only on failure), every output stream half-closed, the
+/// connection closed.
+pub(super) async fn finish_spdy(
+    session: super::spdy::Session,
+    streams: &SpdyStreams,
+    outcome: Result<i32, String>,
+    v4: bool,
+) {
+    let tx = session.sender();
+    if let Some(error) = streams.error {
+        let message = match (&outcome, v4) {
+            (Ok(code), true) => Some(exit_status(*code).to_string()),
+            (Err(e), true) => Some(failure(e.clone()).to_string()),
+            (Ok(0), false) => None,
+            (Ok(code), false) => Some(format!(
+                "command terminated with non-zero exit code: exit status {code}"
+            )),
+            (Err(e), false) => Some(e.clone()),
+        };
+        if let Some(message) = message {
+            tx.data(error, message.as_bytes()).await;
+        }
+    }
+    for id in [streams.stdout, streams.stderr, streams.error]
+        .into_iter()
+        .flatten()
+    {
+        tx.fin(id).await;
+    }
+    drop(tx);
+    session.close().await;
+}
 
 /// Serves one exec over SPDY/3.1 with the channel protocol `protocol` (`v4.channel.k8s.io`,
 /// `v3.channel.k8s.io`, `v2.channel.k8s.io` or `channel.k8s.io`): the client opens one
@@ -328,42 +410,20 @@ pub async fn serve_spdy(
     request: ExecRequest,
     containers: &Containers,
 ) {
-    use super::spdy::{Event, header};
+    use super::spdy::Event;
     let v4 = protocol == super::websocket::V4;
     let resize = v4 || protocol == "v3.channel.k8s.io";
     let tx = session.sender();
-    let mut streams = SpdyStreams::default();
-    let mut early = Vec::new();
-    let deadline = tokio::time::Instant::now() + STREAM_CREATION_TIMEOUT;
-    while !streams.complete(&request, resize) {
-        let event = match tokio::time::timeout_at(deadline, session.events.recv()).await {
-            Ok(Some(event)) => event,
-            Ok(None) => return session.close().await,
-            Err(_) => {
-                tracing::debug!("spdy exec: the client did not open its streams in time");
-                return session.close().await;
-            }
-        };
-        match event {
-            Event::Open { id, headers } => {
-                let slot = match header(&headers, "streamtype") {
-                    Some("error") => &mut streams.error,
-                    Some("stdin") => &mut streams.stdin,
-                    Some("stdout") => &mut streams.stdout,
-                    Some("stderr") => &mut streams.stderr,
-                    Some("resize") => &mut streams.resize,
-                    other => {
-                        tracing::debug!(?other, "spdy exec: unknown stream type");
-                        tx.reset(id, super::spdy::REFUSED_STREAM).await;
-                        continue;
-                    }
-                };
-                *slot = Some(id);
-            }
-            other => early.push(other),
-        }
-    }
-    let outcome = match start(containers, &request) {
+    let wanted = (
+        request.stdin,
+        request.stdout,
+        request.stderr,
+        request.tty && resize,
+    );
+    let Some((streams, mut early)) = open_spdy_streams(&mut session, wanted).await else {
+        return session.close().await;
+    };
+    let outcome = match start(containers, &request).await {
         Err(e) => Err(e.to_string()),
         Ok(mut run) => {
             let mut stdin = run.stdin.take();
@@ -403,16 +463,11 @@ pub async fn serve_spdy(
                         }
                         Event::Data { id, data } if Some(id) == streams.resize => {
                             resize_buf.extend_from_slice(&data);
-                            let mut sizes = serde_json::Deserializer::from_slice(&resize_buf)
-                                .into_iter::<serde_json::Value>();
-                            let mut consumed = 0;
-                            while let Some(Ok(size)) = sizes.next() {
-                                consumed = sizes.byte_offset();
+                            for size in take_resizes(&mut resize_buf) {
                                 if let Some(t) = &terminal {
-                                    t.resize(size.to_string().as_bytes());
+                                    t.resize(&size);
                                 }
                             }
-                            resize_buf.drain(..consumed);
                         }
                         _ => {}
                     }
@@ -433,28 +488,8 @@ pub async fn serve_spdy(
             }
         }
     };
-    if let Some(error) = streams.error {
-        let message = match (&outcome, v4) {
-            (Ok(code), true) => Some(exit_status(*code).to_string()),
-            (Err(e), true) => Some(failure(e.clone()).to_string()),
-            (Ok(0), false) => None,
-            (Ok(code), false) => Some(format!(
-                "command terminated with non-zero exit code: exit status {code}"
-            )),
-            (Err(e), false) => Some(e.clone()),
-        };
-        if let Some(message) = message {
-            tx.data(error, message.as_bytes()).await;
-        }
-    }
-    for id in [streams.stdout, streams.stderr, streams.error]
-        .into_iter()
-        .flatten()
-    {
-        tx.fin(id).await;
-    }
     drop(tx);
-    session.close().await;
+    finish_spdy(session, &streams, outcome, v4).await;
 }
 
 /// Copies `reader` to SPDY stream `id` until it ends.

@@ -8,11 +8,11 @@
 //! containerd's default).
 //!
 //! Built: exec over WebSocket with channel protocols v4 and v5 ([`websocket`], [`exec`]),
-//! with or without a terminal; attach to a container's output ([`attach`]); port
-//! forwarding over WebSocket ([`portforward`]); exec and port forwarding over SPDY/3.1
-//! ([`spdy`]: an `Upgrade: SPDY/3.1` request is answered with the protocol picked from its
-//! `X-Stream-Protocol-Version` headers). Not built yet: attach over SPDY, terminals for
-//! attach.
+//! with or without a terminal; attach to a container (its output, stdin, and for a
+//! container with a terminal, resizes: [`attach`]); port forwarding over WebSocket
+//! ([`portforward`]); exec, attach and port forwarding over SPDY/3.1 ([`spdy`]: an
+//! `Upgrade: SPDY/3.1` request is answered with the protocol picked from its
+//! `X-Stream-Protocol-Version` headers).
 
 pub mod attach;
 pub mod exec;
@@ -81,6 +81,8 @@ pub enum Pending {
         stdout: bool,
         /// Relay stderr.
         stderr: bool,
+        /// The client has a terminal (it sends resizes).
+        tty: bool,
     },
     /// `/portforward/<token>?port=...`: into the sandbox's network namespace (`None`:
     /// the host's, for host-network pods).
@@ -199,10 +201,16 @@ impl Streaming {
                 stdin,
                 stdout,
                 stderr,
+                tty: _,
             } => {
                 tracing::debug!(dir = %dir.display(), protocol, "attach");
                 let v5 = protocol == websocket::V5;
-                attach::serve(ws, &dir, (stdin, stdout, stderr, v5)).await;
+                let request = attach::AttachRequest {
+                    stdin,
+                    stdout,
+                    stderr,
+                };
+                attach::serve(ws, &dir, request, v5).await;
             }
             Pending::PortForward { sandbox_id, netns } => {
                 tracing::debug!(sandbox = %sandbox_id, ?ports, "port-forward");
@@ -369,9 +377,10 @@ impl Streaming {
                 .filter(|p| p.path() == kind)
                 .ok_or(("404 Not Found", "unknown or expired token"))?;
             let protocol = match &pending {
-                Pending::Exec(_) => negotiate_spdy(&headers, &SPDY_EXEC_PROTOCOLS),
+                Pending::Exec(_) | Pending::Attach { .. } => {
+                    negotiate_spdy(&headers, &SPDY_EXEC_PROTOCOLS)
+                }
                 Pending::PortForward { .. } => negotiate_spdy(&headers, &[websocket::PORT_FORWARD]),
-                Pending::Attach { .. } => Err(()),
             }
             .map_err(|()| ("403 Forbidden", "no supported X-Stream-Protocol-Version"))?;
             Ok((pending, protocol))
@@ -401,7 +410,21 @@ impl Streaming {
                 tracing::debug!(sandbox = %sandbox_id, "port-forward over spdy");
                 portforward::serve_spdy(session, sandbox_id, netns).await;
             }
-            Pending::Attach { .. } => session.close().await,
+            Pending::Attach {
+                dir,
+                stdin,
+                stdout,
+                stderr,
+                tty,
+            } => {
+                tracing::debug!(dir = %dir.display(), protocol, "attach over spdy");
+                let request = attach::AttachRequest {
+                    stdin,
+                    stdout,
+                    stderr,
+                };
+                attach::serve_spdy(session, protocol, &dir, request, tty).await;
+            }
         }
         Ok(())
     }
