@@ -367,6 +367,87 @@ fn no_endpoints_refuses_and_changes_write_only_what_changed() -> Result<()> {
     Ok(())
 }
 
+/// A Service with `internalTrafficPolicy: Local` and one endpoint per `(address, node)`.
+fn internal_local_yaml(endpoints: &[(String, String)]) -> String {
+    let list: String = endpoints
+        .iter()
+        .map(|(ip, node)| format!("- addresses: [{ip}]\n  nodeName: {node}\n"))
+        .collect();
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: local, namespace: default}}
+spec:
+  clusterIP: 10.96.0.30
+  internalTrafficPolicy: Local
+  ports:
+  - {{name: http, port: 80, targetPort: {PORT}}}
+  - {{name: dns, port: 53, protocol: UDP, targetPort: {PORT}}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: local-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: local}}
+addressType: IPv4
+ports:
+- {{name: http, port: {PORT}, protocol: TCP}}
+- {{name: dns, port: {PORT}, protocol: UDP}}
+endpoints:
+{list}"#
+    )
+}
+
+#[test]
+fn internal_traffic_policy_local_reaches_only_this_nodes_endpoints() -> Result<()> {
+    let mut h = Harness::new(3)?;
+    let pods: Vec<String> = (0..3).map(|i| h.pod(i)).collect();
+    let node = h.config.node.clone();
+    // Pod 1 is on this node; pods 0 and 2 are on another (all three are reachable in
+    // the lab, so only the policy keeps traffic off them).
+    let on = |i: usize, n: &str| (pods[i].clone(), n.to_string());
+    h.apply_yaml(&internal_local_yaml(&[
+        on(0, "elsewhere"),
+        on(1, &node),
+        on(2, "elsewhere"),
+    ]))?;
+    let local = BTreeSet::from([pods[1].clone()]);
+    let tcp = h.probe("tcp", "10.96.0.30:80", 20)?;
+    assert_eq!(replies(&tcp, "10.96.0.30:80")?, local);
+    let udp = h.probe("udp", "10.96.0.30:53", 20)?;
+    assert_eq!(replies(&udp, "10.96.0.30:53")?, local);
+
+    // Two local endpoints: both are used, the remote one still is not.
+    h.apply_yaml(&internal_local_yaml(&[
+        on(0, &node),
+        on(1, &node),
+        on(2, "elsewhere"),
+    ]))?;
+    let tcp = h.probe("tcp", "10.96.0.30:80", 30)?;
+    assert_eq!(
+        replies(&tcp, "10.96.0.30:80")?,
+        BTreeSet::from([pods[0].clone(), pods[1].clone()])
+    );
+
+    // No endpoint on this node: the remote ones are not a fallback, connections are
+    // refused at once.
+    h.apply_yaml(&internal_local_yaml(&[on(0, "elsewhere"), on(2, "elsewhere")]))?;
+    let refused = h.probe("tcp", "10.96.0.30:80", 3)?;
+    assert_eq!(
+        refused,
+        (0..3)
+            .map(|_| Outcome::Err("refused".into()))
+            .collect::<Vec<_>>()
+    );
+    let hits = h.servers.hits();
+    assert!(
+        !hits.contains_key(&format!("{} tcp", pods[2])),
+        "the remote endpoint got traffic: {hits:?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn restart_adopts_pinned_programs_and_maps_without_a_gap() -> Result<()> {
     let mut h = Harness::new(2)?;
