@@ -432,7 +432,10 @@ fn internal_traffic_policy_local_reaches_only_this_nodes_endpoints() -> Result<(
 
     // No endpoint on this node: the remote ones are not a fallback, connections are
     // refused at once.
-    h.apply_yaml(&internal_local_yaml(&[on(0, "elsewhere"), on(2, "elsewhere")]))?;
+    h.apply_yaml(&internal_local_yaml(&[
+        on(0, "elsewhere"),
+        on(2, "elsewhere"),
+    ]))?;
     let refused = h.probe("tcp", "10.96.0.30:80", 3)?;
     assert_eq!(
         refused,
