@@ -133,8 +133,10 @@ struct RunArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9474).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
-    /// The eBPF programs log each translation and refusal (aya-log), forwarded to this
-    /// process's log (target `ferrokube_proxy::bpf`). Off by default (no cost when off).
+    /// The eBPF programs log each translation and refusal (aya-log: socket programs, and
+    /// each new NodePort flow and refusal in tc/XDP), forwarded to this process's log
+    /// (target `ferrokube_proxy::bpf`). Set on every start, adopted programs included.
+    /// Off by default (one array lookup per place that could log).
     #[arg(long)]
     bpf_log: bool,
 }

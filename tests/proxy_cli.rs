@@ -3,7 +3,8 @@
 //! the file, reset; and `--kubeconfig`, following a `ferrokube server`. The traffic itself
 //! is tested in `node/proxy/tests/socket_lb.rs`, `apiserver_watch.rs` and `nodeport.rs`;
 //! here one NodePort request checks that `--interface` attaches the tc programs and
-//! `proxy reset` detaches them.
+//! `proxy reset` detaches them, and another that `--bpf-log` on a restart that adopts
+//! the programs makes them log.
 
 mod common;
 
@@ -396,4 +397,120 @@ fn proxy_serves_metrics_and_reports_a_full_map() -> Result<()> {
     assert!(listed.contains("FK_SERVICES 4/4 FULL"), "{listed}");
     assert_eq!(listed.matches("    -> ").count(), 8, "{listed}");
     Ok(())
+}
+
+/// `--bpf-log` on a restart that adopts the pinned programs (loaded by a run without it)
+/// turns their logging on: the agent forwards a NodePort flow's record from tc to its log.
+#[test]
+fn proxy_bpf_log_applies_to_adopted_programs() -> Result<()> {
+    use std::io::{BufRead as _, BufReader, Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+
+    let lab = NodeLab::new(1, 0)?;
+    let pod = lab.pod1_addrs[0];
+    let _servers = EchoServers::start(&lab.pods1.path(), &lab.pod1_addrs, 8080)?;
+    let cgroup = TestCgroup::new(&unique_name("ferrokube-cli-"))?;
+    let node = unique_name("cli-node-");
+    let _pins = Pins(node.clone());
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("services.yaml");
+    write(
+        &file,
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\n\
+             spec:\n  type: NodePort\n  clusterIP: 10.96.0.10\n  \
+             ports: [{{name: http, port: 80, nodePort: 30091}}]\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata:\n  name: web-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: web}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\n\
+             endpoints:\n- addresses: [{pod}]\n  nodeName: {node}\n"
+        ),
+    )?;
+    let proxy = |extra: &[&str]| {
+        let mut command = lab.node1.command(BIN);
+        command
+            .args(["proxy", "--node", &node, "--from-file"])
+            .arg(&file)
+            .arg("--cgroup")
+            .arg(cgroup.path())
+            .args(["--interface", NodeLab::EXTERNAL_IF, "--xdp", "off"])
+            .args(extra);
+        command
+    };
+    // A first run without --bpf-log loads and pins the programs.
+    let out = proxy(&["--once"]).output()?;
+    ensure!(
+        out.status.success(),
+        "proxy --once failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Restarted with --bpf-log: it adopts them, and they log.
+    let mut child = proxy(&["--bpf-log"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting ferrokube proxy --bpf-log")?;
+    let stderr = child.stderr.take().context("stderr piped")?;
+    let _proxy = Proxy(child);
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(without_colors(&line)).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut wait_line = |what: &str, pattern: &dyn Fn(&str) -> bool| -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if seen.iter().any(|l: &String| pattern(l)) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => seen.push(line),
+                Err(_) => anyhow::bail!("no {what} in the proxy's log: {seen:#?}"),
+            }
+        }
+    };
+    wait_line("adoption", &|l| {
+        l.contains("eBPF dataplane ready") && l.contains("adopted_links=6")
+    })?;
+    wait_line("first apply", &|l| l.contains("applied"))?;
+    let to = SocketAddr::from((NodeLab::NODE1, 30091));
+    let reply = lab.outside.run_in(move || {
+        let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        stream.write_all(b"hi")?;
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply)?;
+        Ok(reply)
+    })?;
+    assert_eq!(reply, pod.to_string());
+    let flow = format!(" -> {to} -> backend {pod}:8080 snat port 0");
+    wait_line("tc flow record", &|l| {
+        l.contains("ferrokube_proxy::bpf") && l.contains("tc: new flow ") && l.contains(&flow)
+    })?;
+    Ok(())
+}
+
+/// `line` without its ANSI color sequences (`ESC [ ... m`).
+fn without_colors(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

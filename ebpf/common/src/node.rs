@@ -1,6 +1,7 @@
-//! This node's own settings, one entry of an array map written by the loader.
+//! This node's own settings, one entry of an array map written by the loader on every
+//! start (adopted programs read the new values at once).
 
-/// What the tc programs need to know about the node.
+/// What the programs need to know about the node.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NodeConfig {
@@ -9,8 +10,10 @@ pub struct NodeConfig {
     pub snat_addr: [u32; 4],
     /// `AF_INET` or `AF_INET6` (zero when unset).
     pub family: u8,
-    /// Zero.
-    pub pad: u8,
+    /// Nonzero: the programs send aya-log records (`ferrokube proxy --bpf-log`). Read on
+    /// every packet or call that could log, so the agent's setting applies at once, to
+    /// adopted programs too.
+    pub log: u8,
     /// First SNAT source port (host byte order).
     pub snat_port_min: u16,
     /// Number of SNAT source ports from `snat_port_min`.

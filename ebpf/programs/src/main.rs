@@ -14,6 +14,7 @@
 // all `unsafe` by nature; every such block is small and says what it relies on.
 #![allow(unsafe_code)]
 
+mod logrec;
 mod maps;
 mod nodeport;
 mod sock;

@@ -60,3 +60,12 @@ pub fn emit(event: &Event) {
         entry.submit(0);
     }
 }
+
+/// Whether the programs send aya-log records: the `log` byte of this node's settings
+/// (`ferrokube proxy --bpf-log`), which the agent writes on every start, so it applies to
+/// adopted programs too. One lookup of a one-entry array (which the verifier inlines) and
+/// a branch when off.
+#[inline(always)]
+pub fn log_on() -> bool {
+    NODE.get(0).is_some_and(|node| node.log != 0)
+}

@@ -16,6 +16,10 @@
 //! a flow to a remote backend ([`CT_SNAT_OUT`]) gets the node address and a SNAT port as
 //! its source, so the reply comes back through this node.
 //!
+//! With logging on (`maps::log_on`, `ferrokube proxy --bpf-log`), each new flow logs one
+//! line (client -> frontend -> backend, and the SNAT port, 0 for a local backend) from the
+//! program that recorded it, and each refusal one line from tc ingress.
+//!
 //! Checksums are fixed with `bpf_l3_csum_replace` / `bpf_l4_csum_replace` (pseudo-header
 //! aware; a UDP checksum of zero stays zero).
 
@@ -29,13 +33,14 @@ use ferrokube_ebpf_common::{
     AffinityValue, BACKEND_LOCAL, ClientAffinityKey, CtKey, CtValue, Event, FAMILY_V4, NodeConfig,
     PROTO_TCP, PROTO_UDP, SERVICE_EXTERNAL, SERVICE_MAGLEV, ServiceKey, ServiceValue, SlotKey,
     ct::{CT_CLOSING, CT_FORWARD, CT_REPLY, CT_SNAT_IN, CT_SNAT_OUT},
-    event::SOURCE_TC,
+    event::{SOURCE_TC, SOURCE_XDP},
     maglev,
 };
 
+use crate::logrec;
 use crate::maps::{
     BACKEND_STATS, BACKENDS, CLIENT_AFFINITY, CT, MAGLEV, NODE, SERVICE_STATS, SERVICES, SLOTS,
-    emit,
+    emit, log_on,
 };
 use crate::sock::count;
 
@@ -67,6 +72,9 @@ pub(crate) struct Packet {
 }
 
 impl Packet {
+    /// Inlined: as a subprogram its frame, added to tc ingress's, passes the verifier's
+    /// 512-byte limit for a call chain.
+    #[inline(always)]
     fn parse(ctx: &TcContext) -> Option<Self> {
         let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
         if ethertype != ETH_P_IP {
@@ -263,22 +271,33 @@ fn ingress(ctx: &mut TcContext, packet: &Packet) -> i32 {
         }
         return verdict(packet.rewrite(ctx, false, entry.addr[0], entry.port));
     }
-    if service.count == 0 {
+    let translated = if service.count == 0 {
         // 3. Nothing to send it to: the host stack refuses it.
         count(&SERVICE_STATS, service.service_id, false);
-        return TC_ACT_UNSPEC;
-    }
-    match new_flow(packet, &service, SOURCE_TC) {
-        NewFlow::Translated(baddr, bport, _) => verdict(packet.rewrite(ctx, false, baddr, bport)),
-        NewFlow::Failed => TC_ACT_UNSPEC,
+        None
+    } else {
+        match new_flow::<SOURCE_TC>(packet, &service) {
+            NewFlow::Translated(baddr, bport, _) => Some((baddr, bport)),
+            NewFlow::Failed => None,
+        }
+    };
+    match translated {
+        Some((baddr, bport)) => verdict(packet.rewrite(ctx, false, baddr, bport)),
+        None => {
+            // One log site for every refusal (no backend, no SNAT port, a full map).
+            if log_on() {
+                log_refused(packet, service.service_id, service.count);
+            }
+            TC_ACT_UNSPEC
+        }
     }
 }
 
 /// What [`new_flow`] did.
 pub(crate) enum NewFlow {
-    /// Recorded, to this backend address and port (network order); whether the backend
-    /// is local to this node.
-    Translated(u32, u16, bool),
+    /// Recorded, to this backend address and port and with this SNAT port (network order;
+    /// 0: the backend is local to this node, no SNAT).
+    Translated(u32, u16, u16),
     /// No backend, no SNAT port, or a full map: the packet goes on untranslated (counted
     /// as refused, except for a failed map write).
     Failed,
@@ -286,13 +305,14 @@ pub(crate) enum NewFlow {
 
 /// A new flow to an external frontend with backends: picks the backend and records the
 /// flow (the SNAT of a remote backend, the `REPLY` and `FORWARD` entries, the counters).
-/// Shared by tc and the XDP fast path (`source`: which, for the event). XDP records local
+/// Shared by tc and the XDP fast path (`SOURCE`: which, for the event and the log line,
+/// one per new flow when [`log_on`]). XDP records local
 /// picks too (and passes the packet, which tc then DNATs by the entry), so the choice is
 /// made once, with the configured distribution, whichever program sees the flow first.
 /// Inlined into each program: a BPF subprogram shared by two programs of different types
 /// does not load here.
 #[inline(always)]
-pub(crate) fn new_flow(packet: &Packet, service: &ServiceValue, source: u8) -> NewFlow {
+pub(crate) fn new_flow<const SOURCE: u8>(packet: &Packet, service: &ServiceValue) -> NewFlow {
     let forward = packet.key(CT_FORWARD);
     let Some((backend_id, slot)) = pick_backend(packet, service) else {
         count(&SERVICE_STATS, service.service_id, false);
@@ -313,10 +333,14 @@ pub(crate) fn new_flow(packet: &Packet, service: &ServiceValue, source: u8) -> N
         kind: CT_REPLY,
         ..forward
     };
-    if !local && snat(packet, service, baddr, bport).is_err() {
+    let snat_port = if local {
+        0
+    } else if let Ok(port) = snat(packet, service, baddr, bport) {
+        port
+    } else {
         count(&SERVICE_STATS, service.service_id, false);
         return NewFlow::Failed;
-    }
+    };
     let to_backend = CtValue {
         addr: [baddr, 0, 0, 0],
         port: bport,
@@ -350,19 +374,71 @@ pub(crate) fn new_flow(packet: &Packet, service: &ServiceValue, source: u8) -> N
         frontend_port: packet.dport,
         backend_port: bport,
         proto: packet.proto,
-        source,
+        source: SOURCE,
         service_id: service.service_id,
         backend_id,
     });
-    NewFlow::Translated(baddr, bport, local)
+    if log_on() {
+        log_new_flow::<SOURCE>(packet, baddr, bport, snat_port);
+    }
+    NewFlow::Translated(baddr, bport, snat_port)
+}
+
+/// Logs a new flow: `tc|xdp: new flow CLIENT -> FRONTEND -> backend BACKEND snat port N`
+/// (0: a local backend, no SNAT). Inlined, like the record writer ([`logrec`]): `fk_xdp`
+/// and `fk_tc_ingress` are close to the 512-byte stack limit, and a call here made the
+/// compiler spill registers past it.
+#[inline(always)]
+fn log_new_flow<const SOURCE: u8>(packet: &Packet, baddr: u32, bport: u16, snat_port: u16) {
+    logrec::info(file!(), line!(), |w| {
+        w.text(if SOURCE == SOURCE_XDP {
+            "xdp: new flow "
+        } else {
+            "tc: new flow "
+        })?;
+        w.ip(packet.saddr)?;
+        w.text(":")?;
+        w.port(packet.sport)?;
+        w.text(" -> ")?;
+        w.ip(packet.daddr)?;
+        w.text(":")?;
+        w.port(packet.dport)?;
+        w.text(" -> backend ")?;
+        w.ip(baddr)?;
+        w.text(":")?;
+        w.port(bport)?;
+        w.text(" snat port ")?;
+        w.port(snat_port)
+    });
+}
+
+/// Logs a refusal in tc ingress (inlined, as [`log_new_flow`]).
+#[inline(always)]
+fn log_refused(packet: &Packet, service_id: u32, backends: u32) {
+    logrec::info(file!(), line!(), |w| {
+        w.text("tc: refused ")?;
+        w.ip(packet.saddr)?;
+        w.text(":")?;
+        w.port(packet.sport)?;
+        w.text(" -> ")?;
+        w.ip(packet.daddr)?;
+        w.text(":")?;
+        w.port(packet.dport)?;
+        w.text(": service ")?;
+        w.num(service_id)?;
+        w.text(" has ")?;
+        w.num(backends)?;
+        w.text(" backends, none usable")
+    });
 }
 
 /// Records the SNAT of a new flow to a remote backend: a free node port for
 /// (backend, node address), and the entries for egress and the reply. A port is free
 /// when no flow holds it, or when its flow closed (or, UDP, went quiet) longer than
-/// `closed_reuse_secs` ago, or sent nothing for `idle_reuse_secs`.
+/// `closed_reuse_secs` ago, or sent nothing for `idle_reuse_secs`. Returns the port
+/// (network order).
 #[inline(always)]
-fn snat(packet: &Packet, service: &ServiceValue, baddr: u32, bport: u16) -> Result<(), ()> {
+fn snat(packet: &Packet, service: &ServiceValue, baddr: u32, bport: u16) -> Result<u16, ()> {
     let node: NodeConfig = NODE.get(0).copied().ok_or(())?;
     if node.family != FAMILY_V4 || node.snat_ports == 0 {
         return Err(());
@@ -433,7 +509,8 @@ fn snat(packet: &Packet, service: &ServiceValue, baddr: u32, bport: u16) -> Resu
         last_seen_ns: 0,
         ..client
     };
-    CT.insert(&out, &node_side, 0).map_err(|_| ())
+    CT.insert(&out, &node_side, 0).map_err(|_| ())?;
+    Ok(port)
 }
 
 /// Records a packet of the flow owning a SNAT port: when, and whether it closes.

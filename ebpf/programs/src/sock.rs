@@ -17,22 +17,8 @@ use ferrokube_ebpf_common::{
 };
 
 use crate::maps::{
-    AFFINITY, BACKEND_STATS, BACKENDS, REVNAT, SERVICE_STATS, SERVICES, SLOTS, emit,
+    AFFINITY, BACKEND_STATS, BACKENDS, REVNAT, SERVICE_STATS, SERVICES, SLOTS, emit, log_on,
 };
-
-/// Set to 1 at load time (`ferrokube proxy --bpf-log`) to send aya-log records; 0 (the
-/// default) skips every log call behind one load from `.rodata`, which the verifier
-/// knows is constant, so the logging code is dead and costs nothing.
-#[unsafe(no_mangle)]
-static FK_LOG: u8 = 0;
-
-/// Whether logging is on ([`FK_LOG`]).
-#[inline(always)]
-pub(crate) fn log_on() -> bool {
-    // SAFETY: a read of a global the loader may patch before load; volatile so the
-    // compiler does not fold it to its initial 0.
-    unsafe { core::ptr::read_volatile(&FK_LOG) != 0 }
-}
 
 /// Hook verdicts.
 const ALLOW: i32 = 1;

@@ -18,7 +18,8 @@
 //! not yet resolved, TTL expiring, another egress interface) gets `XDP_PASS` and falls to
 //! tc and the stack, which handle it as before: a flow is translated the same way
 //! whichever program sees a packet of it (a new flow recorded here whose packet is then
-//! passed finds its entries in tc).
+//! passed finds its entries in tc). A new flow recorded here logs its line as `xdp:`
+//! (when logging is on); XDP refuses nothing itself, so refusals are logged by tc.
 
 use core::mem::size_of;
 
@@ -149,10 +150,11 @@ fn try_fk_xdp(ctx: &XdpContext) -> Option<u32> {
                 l4: L4,
                 l4_csum: csum_off,
             };
-            match new_flow(&packet, &service, SOURCE_XDP) {
-                NewFlow::Translated(_, _, false) => bump(counter::NEW),
-                // Recorded; tc DNATs it by the entry.
-                NewFlow::Translated(_, _, true) | NewFlow::Failed => return None,
+            match new_flow::<SOURCE_XDP>(&packet, &service) {
+                NewFlow::Translated(_, _, snat_port) if snat_port != 0 => bump(counter::NEW),
+                // Recorded to a local backend (tc DNATs it by the entry), or failed (tc
+                // refuses it).
+                NewFlow::Translated(..) | NewFlow::Failed => return None,
             }
             // SAFETY: copied at once.
             unsafe { CT.get(&key(saddr, daddr, sport, dport, CT_FORWARD)) }.copied()?

@@ -1,9 +1,10 @@
 //! The programs' aya-log records (`ferrokube proxy --bpf-log`), forwarded to `tracing`.
 //!
-//! The programs log only when the loader set their `FK_LOG` global (`Config::bpf_log`);
-//! otherwise every log call is dead code behind a constant and nothing reaches the ring.
-//! The reader is opened on every start, so an empty [`BpfLogs::flush`] also shows that
-//! logging is off.
+//! The programs log only while the `log` byte of the node settings map is set
+//! (`Config::bpf_log`, written on every start, so adopted programs follow it too). Their
+//! ring (`AYA_LOGS`) is pinned in the node's pin directory, so adopted programs and
+//! freshly loaded ones write to the ring this run reads. The reader is opened on every
+//! start, so an empty [`BpfLogs::flush`] also shows that logging is off.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::{Arc, Mutex};

@@ -7,7 +7,8 @@
 //! is down, pinned maps keep their contents, and the new agent reopens both instead of
 //! replacing them. A pinned link that can no longer be opened is replaced.
 //! (Known limit: adopted links keep the programs of the run that pinned them; a program
-//! upgrade needs `ferrokube proxy reset` first.)
+//! upgrade needs `ferrokube proxy reset` first. Settings the programs read from the node
+//! settings map, such as the log switch, apply to adopted programs at once.)
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
@@ -24,11 +25,13 @@ use tracing::{info, warn};
 
 use crate::bpffs::{self, BpffsError};
 use crate::bpflog::BpfLogs;
-
-/// The programs' logging switch (a `.rodata` global of `sock.rs`).
-const BPF_LOG_GLOBAL: &str = "FK_LOG";
 use crate::maps::{KernelMaps, MapsError};
 use crate::model::LbAlgorithm;
+
+/// aya-log's ring in the object (`aya_log_ebpf`'s `AYA_LOGS`), pinned under this name in
+/// the node's pin directory so adopted programs and this run's log to the one ring this
+/// run reads.
+pub const BPF_LOG_RING: &str = "AYA_LOGS";
 
 /// The object built from `ebpf/programs` by this crate's build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ferrokube-lb"));
@@ -202,10 +205,11 @@ pub struct Config {
     pub lb_algorithm: LbAlgorithm,
     /// Maglev lookup tables (used when the maps are created; pinned maps keep theirs).
     pub maglev: Maglev,
-    /// The programs send aya-log records (translation, refusal, reverse translation not
-    /// recorded) to [`Dataplane::bpf_logs`]. Off by default: then the log calls are dead
-    /// code. Applies to the programs this start attaches; adopted links keep the setting
-    /// they were loaded with.
+    /// The programs send aya-log records (socket programs: translation, refusal, reverse
+    /// translation not recorded; tc and XDP: each new flow, and tc each refusal) to
+    /// [`Dataplane::bpf_logs`]. Off by default: then each place that could log costs one
+    /// array lookup. Written to the node settings map on every start, so it applies to
+    /// adopted programs too.
     pub bpf_log: bool,
 }
 
@@ -325,8 +329,10 @@ impl Dataplane {
             .tables
             .saturating_add(1)
             .saturating_mul(u32::from(config.maglev.size));
+        let log_ring = pin_dir.join(BPF_LOG_RING);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin_dir)
+            .map_pin_path(BPF_LOG_RING, log_ring.as_path())
             .map_max_entries(map_names::SERVICES, sizes.services)
             .map_max_entries(map_names::SLOTS, sizes.slots)
             .map_max_entries(map_names::BACKENDS, sizes.backends)
@@ -337,7 +343,6 @@ impl Dataplane {
             .map_max_entries(map_names::SERVICE_STATS, sizes.services + 1)
             .map_max_entries(map_names::BACKEND_STATS, sizes.backends + 1)
             .map_max_entries(map_names::MAGLEV, maglev_entries)
-            .override_global(BPF_LOG_GLOBAL, &u8::from(config.bpf_log), true)
             .load(OBJECT)?;
         let bpf_logs = match BpfLogs::open(&mut ebpf) {
             Ok(logs) => Some(logs),
@@ -356,6 +361,7 @@ impl Dataplane {
             node_ips.first().copied(),
             config.snat,
             config.maglev.size,
+            config.bpf_log,
         )?;
         let maps = KernelMaps::from_ebpf(&mut ebpf)?;
         let mut adopted_links = 0;
@@ -703,12 +709,14 @@ fn interface_ipv4s(interface: &str) -> Result<Vec<Ipv4Addr>, LoadError> {
         .collect())
 }
 
-/// Writes the node settings (the SNAT address and ports) for the tc programs.
+/// Writes the node settings (the SNAT address and ports, the Maglev table size, the log
+/// switch) for the programs, adopted ones included.
 fn write_node_config(
     ebpf: &mut Ebpf,
     snat_addr: Option<Ipv4Addr>,
     snat: Snat,
     maglev_size: u16,
+    log: bool,
 ) -> Result<(), LoadError> {
     let map = ebpf
         .map_mut(map_names::NODE)
@@ -721,6 +729,7 @@ fn write_node_config(
         closed_reuse_secs: snat.closed_reuse_secs,
         idle_reuse_secs: snat.idle_reuse_secs,
         maglev_size,
+        log: u8::from(log),
         ..NodeConfig::default()
     };
     let value = match snat_addr.map(IpAddr::V4) {

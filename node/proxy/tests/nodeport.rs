@@ -61,6 +61,10 @@ impl Harness {
     }
 
     fn with_options(pods1: u8, pods2: u8, snat: Snat, xdp: XdpMode) -> Result<Self> {
+        Self::build(pods1, pods2, snat, xdp, false)
+    }
+
+    fn build(pods1: u8, pods2: u8, snat: Snat, xdp: XdpMode, bpf_log: bool) -> Result<Self> {
         let lab = NodeLab::new(pods1, pods2)?;
         let servers = vec![
             EchoServers::start_reporting_peer(&lab.pods1.path(), &lab.pod1_addrs, TARGET)?,
@@ -80,6 +84,7 @@ impl Harness {
         config.interface = Some(NodeLab::EXTERNAL_IF.into());
         config.snat = snat;
         config.xdp = xdp;
+        config.bpf_log = bpf_log;
         let pins = Pins {
             bpffs: config.bpffs.clone(),
             node: node.clone(),
@@ -132,6 +137,29 @@ impl Harness {
     fn xdp(&self) -> Result<XdpCounters> {
         let dir = bpffs::pin_dir(&self.pins.bpffs, &self.node)?;
         Ok(xdp_counters(&dir)?)
+    }
+
+    /// Stops the agent (the pins stay) and starts it again with `bpf_log`; returns how
+    /// many links it adopted.
+    fn restart(&mut self, bpf_log: bool) -> Result<usize> {
+        self.agent = None;
+        self.config.bpf_log = bpf_log;
+        let agent = start_in(&self.lab.node1, &self.config)?;
+        let adopted = agent.dataplane().adopted_links();
+        self.agent = Some(agent);
+        Ok(adopted)
+    }
+
+    /// The programs' log records read now (each is written before its packet goes on).
+    fn bpf_log_lines(&mut self) -> Result<Vec<String>> {
+        Ok(self
+            .agent
+            .as_mut()
+            .context("agent stopped")?
+            .dataplane_mut()
+            .bpf_logs()
+            .context("the log reader opens on every start")?
+            .flush())
     }
 }
 
@@ -1239,5 +1267,245 @@ fn events_report_each_new_flow_with_the_program_that_translated_it_needs_root() 
         "{lines:?}"
     );
     assert_eq!(events.len(), 2, "one event per new flow: {lines:?}");
+    Ok(())
+}
+
+/// A TCP connection from the outside client to `to` is refused.
+fn refused(ns: &Netns, to: SocketAddrV4) -> Result<()> {
+    let kind = ns.run_in(move || {
+        Ok(
+            TcpStream::connect_timeout(&to.into(), Duration::from_secs(3))
+                .err()
+                .map(|e| e.kind()),
+        )
+    })?;
+    ensure!(
+        kind == Some(ErrorKind::ConnectionRefused),
+        "{to}: {kind:?}, not refused"
+    );
+    Ok(())
+}
+
+/// A TCP connection from the outside client to `to`, established, its request not sent
+/// yet (the echo server waits 2 s for it).
+fn connect(ns: &Netns, to: SocketAddrV4) -> Result<TcpStream> {
+    ns.run_in(move || {
+        TcpStream::connect_timeout(&to.into(), Duration::from_secs(3))
+            .with_context(|| format!("connecting to {to}"))
+    })
+}
+
+/// Sends the request on an established connection and reads the reply.
+fn finish(mut stream: TcpStream) -> Result<Echo> {
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    stream.write_all(b"hello")?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    Echo::parse(&reply)
+}
+
+/// Whether `lines` has the log line of a new flow from the outside client to `frontend`,
+/// through `program`, to `backend` (`snat`: the SNAT port, 0 for a local backend);
+/// `client`: the client's address and port when known (the peer a local backend saw).
+fn flow_line(
+    lines: &[String],
+    program: &str,
+    client: Option<SocketAddr>,
+    frontend: SocketAddrV4,
+    backend: Ipv4Addr,
+    snat: u16,
+) -> bool {
+    let prefix = match client {
+        Some(client) => format!("{program}: new flow {client} -> "),
+        None => format!("{program}: new flow {}:", NodeLab::CLIENT),
+    };
+    let suffix = format!(" -> {frontend} -> backend {backend}:{TARGET} snat port {snat}");
+    lines
+        .iter()
+        .any(|l| l.starts_with(&prefix) && l.ends_with(&suffix))
+}
+
+/// The log switch is a node setting the agent writes on every start: the tc programs log
+/// each new flow (with its SNAT port when remote) and each refusal only while it is on,
+/// and a restart that adopts the links turns it on and off, a flow established before
+/// each restart going on after it.
+#[test]
+fn bpf_log_in_tc_follows_the_switch_across_restarts_needs_root() -> Result<()> {
+    let mut h = Harness::build(1, 1, Snat::default(), XdpMode::Off, false)?;
+    let node = h.node.clone();
+    let (local, remote) = (h.lab.pod1_addrs[0], h.lab.pod2_addrs[0]);
+    let mut yaml = service(
+        "lgremote",
+        "NodePort",
+        "",
+        &[("http", "TCP", 80, 30201)],
+        &[(remote, "other-node", "ready")],
+    );
+    for (name, port, endpoints) in [
+        ("lglocal", 30202, vec![(local, node.as_str(), "ready")]),
+        ("lgnone", 30203, vec![]),
+    ] {
+        yaml.push_str("---\n");
+        yaml.push_str(&service(
+            name,
+            "NodePort",
+            "",
+            &[("http", "TCP", 80, port)],
+            &endpoints,
+        ));
+    }
+    h.apply(&yaml)?;
+    let (to_remote, to_local, to_none) = (at(NODE1, 30201), at(NODE1, 30202), at(NODE1, 30203));
+    let traffic = |h: &Harness| -> Result<(Echo, Echo)> {
+        let remote_echo = tcp(h.outside(), to_remote)?;
+        let local_echo = tcp(h.outside(), to_local)?;
+        refused(h.outside(), to_none)?;
+        Ok((remote_echo, local_echo))
+    };
+    let survived = |echo: Echo| {
+        assert_eq!(
+            (echo.backend, echo.peer.ip()),
+            (remote, std::net::IpAddr::V4(NODE1)),
+            "the established flow went on"
+        );
+    };
+
+    // Off: new flows and a refusal write nothing.
+    traffic(&h)?;
+    assert_eq!(h.bpf_log_lines()?, Vec::<String>::new());
+
+    // Off -> on, adopting the links loaded with it off.
+    let open = connect(h.outside(), to_remote)?;
+    assert_eq!(h.restart(true)?, 6, "4 cgroup + 2 tc links adopted");
+    survived(finish(open)?);
+    let (remote_echo, local_echo) = traffic(&h)?;
+    assert_eq!(remote_echo.peer.ip(), NODE1, "SNATed");
+    let lines = h.bpf_log_lines()?;
+    assert!(
+        flow_line(
+            &lines,
+            "tc",
+            None,
+            to_remote,
+            remote,
+            remote_echo.peer.port()
+        ),
+        "{lines:?}"
+    );
+    assert!(
+        flow_line(&lines, "tc", Some(local_echo.peer), to_local, local, 0),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(
+            |l| l.starts_with(&format!("tc: refused {}:", NodeLab::CLIENT))
+                && l.contains(&format!(" -> {to_none}: service "))
+                && l.ends_with(" has 0 backends, none usable")
+        ),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines.len(),
+        3,
+        "one line each, none for the established flow: {lines:?}"
+    );
+
+    // On -> off, adopting the same links again.
+    let open = connect(h.outside(), to_remote)?;
+    let lines = h.bpf_log_lines()?;
+    // (The SNAT port is not known before the reply.)
+    assert!(
+        lines.len() == 1
+            && lines[0].starts_with(&format!("tc: new flow {}:", NodeLab::CLIENT))
+            && lines[0].contains(&format!(
+                " -> {to_remote} -> backend {remote}:{TARGET} snat port "
+            )),
+        "{lines:?}"
+    );
+    assert_eq!(h.restart(false)?, 6);
+    survived(finish(open)?);
+    traffic(&h)?;
+    assert_eq!(h.bpf_log_lines()?, Vec::<String>::new());
+    Ok(())
+}
+
+/// Likewise for the XDP fast path: its new flows (remote TCP and UDP, and local ones it
+/// records for tc) log as `xdp:` while the switch is on, across restarts that adopt its
+/// link.
+#[test]
+fn bpf_log_in_xdp_follows_the_switch_across_restarts_needs_root() -> Result<()> {
+    let mut h = Harness::build(1, 1, Snat::default(), XdpMode::Native, false)?;
+    let node = h.node.clone();
+    let (local, remote) = (h.lab.pod1_addrs[0], h.lab.pod2_addrs[0]);
+    let mut yaml = service(
+        "lxremote",
+        "NodePort",
+        "",
+        &[("http", "TCP", 80, 30211), ("dns", "UDP", 53, 30212)],
+        &[(remote, "other-node", "ready")],
+    );
+    yaml.push_str("---\n");
+    yaml.push_str(&service(
+        "lxlocal",
+        "NodePort",
+        "",
+        &[("http", "TCP", 80, 30213)],
+        &[(local, &node, "ready")],
+    ));
+    h.apply(&yaml)?;
+    let (to_tcp, to_udp, to_local) = (at(NODE1, 30211), at(NODE1, 30212), at(NODE1, 30213));
+    let traffic = |h: &Harness| -> Result<[Echo; 3]> {
+        Ok([
+            tcp(h.outside(), to_tcp)?,
+            udp(h.outside(), to_udp)?,
+            tcp(h.outside(), to_local)?,
+        ])
+    };
+    let survived = |echo: Echo| {
+        assert_eq!(
+            (echo.backend, echo.peer.ip()),
+            (remote, std::net::IpAddr::V4(NODE1)),
+            "the established flow went on"
+        );
+    };
+
+    // Off.
+    let before = h.xdp()?;
+    traffic(&h)?;
+    assert_eq!(h.bpf_log_lines()?, Vec::<String>::new());
+
+    // Off -> on.
+    let open = connect(h.outside(), to_tcp)?;
+    assert_eq!(h.restart(true)?, 7, "4 cgroup + 2 tc + 1 XDP links adopted");
+    survived(finish(open)?);
+    let [tcp_echo, udp_echo, local_echo] = traffic(&h)?;
+    let lines = h.bpf_log_lines()?;
+    assert!(
+        flow_line(&lines, "xdp", None, to_tcp, remote, tcp_echo.peer.port()),
+        "{lines:?}"
+    );
+    assert!(
+        flow_line(&lines, "xdp", None, to_udp, remote, udp_echo.peer.port()),
+        "{lines:?}"
+    );
+    assert!(
+        flow_line(&lines, "xdp", Some(local_echo.peer), to_local, local, 0),
+        "{lines:?}"
+    );
+    assert_eq!(lines.len(), 3, "{lines:?}");
+
+    // On -> off.
+    let open = connect(h.outside(), to_tcp)?;
+    assert_eq!(h.bpf_log_lines()?.len(), 1, "the new flow's line");
+    assert_eq!(h.restart(false)?, 7);
+    survived(finish(open)?);
+    traffic(&h)?;
+    assert_eq!(h.bpf_log_lines()?, Vec::<String>::new());
+    let after = h.xdp()?;
+    assert_eq!(
+        after.new_flows,
+        before.new_flows + 3 * 2 + 2,
+        "the remote new flows were XDP's: {after:?}"
+    );
     Ok(())
 }

@@ -679,5 +679,27 @@ fn bpf_log_reports_translations_and_refusals_only_when_on() -> Result<()> {
             && lines[0].ends_with(" has no backend"),
         "{lines:?}"
     );
+
+    // The switch is a node setting written on every start: a restart that adopts the
+    // programs turns it off (they were loaded with it on) and on again.
+    let mut h = on;
+    h.apply_yaml(&yaml(&pods))?;
+    for bpf_log in [false, true] {
+        h.agent = None;
+        h.config.bpf_log = bpf_log;
+        h.agent = Some(Agent::start(&h.config)?);
+        assert_eq!(h.agent().dataplane().adopted_links(), 4, "adopted");
+        replies(&h.probe("tcp", "10.96.0.10:80", 2)?, "10.96.0.10:80")?;
+        let lines = bpf_log_lines(&mut h)?;
+        let translated = lines
+            .iter()
+            .filter(|l| l.starts_with("translated: service "))
+            .count();
+        assert_eq!(
+            (translated, lines.len()),
+            if bpf_log { (2, 2) } else { (0, 0) },
+            "bpf_log {bpf_log}: {lines:?}"
+        );
+    }
     Ok(())
 }
