@@ -477,7 +477,7 @@ fn proxy_bpf_log_applies_to_adopted_programs() -> Result<()> {
         }
     };
     wait_line("adoption", &|l| {
-        l.contains("eBPF dataplane ready") && l.contains("adopted_links=6")
+        l.contains("eBPF dataplane ready") && l.contains("adopted_links=7")
     })?;
     wait_line("first apply", &|l| l.contains("applied"))?;
     let to = SocketAddr::from((NodeLab::NODE1, 30091));

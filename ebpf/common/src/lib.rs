@@ -83,6 +83,8 @@ pub mod program_names {
     pub const RECVMSG4: &str = "fk_recvmsg4";
     /// cgroup/getpeername4.
     pub const GETPEERNAME4: &str = "fk_getpeername4";
+    /// cgroup sock_release: drops a closing socket's reverse translation.
+    pub const SOCK_RELEASE: &str = "fk_sock_release";
     /// tc ingress on the external interface.
     pub const TC_INGRESS: &str = "fk_tc_ingress";
     /// tc egress on the external interface.

@@ -6,9 +6,9 @@ use aya_ebpf::{
         bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
         bpf_set_retval,
     },
-    macros::cgroup_sock_addr,
+    macros::{cgroup_sock, cgroup_sock_addr},
     maps::PerCpuArray,
-    programs::SockAddrContext,
+    programs::{SockAddrContext, SockContext},
 };
 use ferrokube_ebpf_common::{
     AffinityKey, AffinityValue, Counters, FAMILY_V4, PROTO_TCP, PROTO_UDP, RevNatKey, RevNatValue,
@@ -46,6 +46,36 @@ pub fn fk_getpeername4(ctx: SockAddrContext) -> i32 {
     reverse4(&ctx);
     ALLOW
 }
+
+/// A socket closing: drops its reverse translation (`FK_REVNAT` entry) if it was
+/// connected to a backend, so the LRU map holds live sockets instead of waiting to evict
+/// the entries of closed ones (an eviction costs the next `connect` a few hundred ns, and
+/// under churn could take a live socket's entry). An unconnected UDP socket's entries
+/// (one per backend it sent to) are not known here and are left to the LRU.
+#[cgroup_sock(sock_release)]
+pub fn fk_sock_release(ctx: SockContext) -> i32 {
+    // SAFETY: the context is the hook's `struct bpf_sock`, valid for the whole call.
+    let sk = unsafe { &*ctx.sock };
+    if sk.family != AF_INET || sk.dst_ip4 == 0 {
+        return ALLOW;
+    }
+    // SAFETY: the context pointer is the hook's own argument.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let key = RevNatKey {
+        cookie,
+        addr: [sk.dst_ip4, 0, 0, 0],
+        port: sk.dst_port,
+        family: FAMILY_V4,
+        pad: 0,
+        pad2: 0,
+    };
+    // Most sockets were never translated: a miss is the common case.
+    let _ = REVNAT.remove(&key);
+    ALLOW
+}
+
+/// `AF_INET`, as `struct bpf_sock` reports the family.
+const AF_INET: u32 = 2;
 
 enum Verdict {
     /// Not a Service, or translated: let the call proceed.

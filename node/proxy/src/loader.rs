@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, MapData};
 use aya::programs::{
-    CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp,
+    CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp,
     XdpMode as AyaXdpMode, links::FdLink, links::PinnedLink, tc::TcAttachOptions,
 };
 use aya::{Ebpf, EbpfLoader};
@@ -310,11 +310,14 @@ const TC_PROGRAMS: [(&str, TcAttachType); 2] = [
     (program_names::TC_EGRESS, TcAttachType::Egress),
 ];
 
-const PROGRAMS: [&str; 4] = [
+/// The programs attached to the cgroup: the socket LB's sock_addr hooks, then
+/// sock_release (which cleans up after them).
+const PROGRAMS: [&str; 5] = [
     program_names::CONNECT4,
     program_names::SENDMSG4,
     program_names::RECVMSG4,
     program_names::GETPEERNAME4,
+    program_names::SOCK_RELEASE,
 ];
 
 impl Dataplane {
@@ -445,8 +448,8 @@ impl Dataplane {
         &self.pin_dir
     }
 
-    /// How many program links were adopted from pins (4, or 6 with an external
-    /// interface, 7 with XDP too, on a restart; 0 on a first start).
+    /// How many program links were adopted from pins (5, or 7 with an external
+    /// interface, 8 with XDP too, on a restart; 0 on a first start).
     pub fn adopted_links(&self) -> usize {
         self.adopted_links
     }
@@ -611,19 +614,28 @@ fn attach(
     link_path: &Path,
 ) -> Result<(), LoadError> {
     let program_error = |source| LoadError::Program { name, source };
-    let program: &mut CgroupSockAddr = ebpf
+    let program = ebpf
         .program_mut(name)
-        .ok_or(LoadError::MissingProgram(name))?
-        .try_into()
-        .map_err(program_error)?;
-    program.load().map_err(program_error)?;
-    let link_id = program
-        .attach(cgroup, CgroupAttachMode::Single)
-        .map_err(program_error)?;
-    let link = program.take_link(link_id).map_err(program_error)?;
-    let link: FdLink = link
-        .try_into()
-        .map_err(|source| LoadError::Link { name, source })?;
+        .ok_or(LoadError::MissingProgram(name))?;
+    let link: FdLink = if name == program_names::SOCK_RELEASE {
+        let program: &mut CgroupSock = program.try_into().map_err(program_error)?;
+        program.load().map_err(program_error)?;
+        let link_id = program
+            .attach(cgroup, CgroupAttachMode::Single)
+            .map_err(program_error)?;
+        let link = program.take_link(link_id).map_err(program_error)?;
+        link.try_into()
+            .map_err(|source| LoadError::Link { name, source })?
+    } else {
+        let program: &mut CgroupSockAddr = program.try_into().map_err(program_error)?;
+        program.load().map_err(program_error)?;
+        let link_id = program
+            .attach(cgroup, CgroupAttachMode::Single)
+            .map_err(program_error)?;
+        let link = program.take_link(link_id).map_err(program_error)?;
+        link.try_into()
+            .map_err(|source| LoadError::Link { name, source })?
+    };
     link.pin(link_path).map_err(|source| LoadError::Pin {
         path: link_path.into(),
         source,

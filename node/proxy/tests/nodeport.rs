@@ -614,8 +614,8 @@ fn restart_adopts_the_tc_links_and_keeps_established_flows_needs_root() -> Resul
     let agent = start_in(&h.lab.node1, &h.config)?;
     assert_eq!(
         agent.dataplane().adopted_links(),
-        6,
-        "4 cgroup + 2 tc links"
+        7,
+        "5 cgroup + 2 tc links"
     );
     h.agent = Some(agent);
     let stats = h.apply(&yaml)?;
@@ -1101,8 +1101,8 @@ fn xdp_restart_adopts_the_link_and_keeps_an_established_remote_flow_needs_root()
     let agent = start_in(&h.lab.node1, &h.config)?;
     assert_eq!(
         agent.dataplane().adopted_links(),
-        7,
-        "4 cgroup + 2 tc + 1 XDP links"
+        8,
+        "5 cgroup + 2 tc + 1 XDP links"
     );
     assert_eq!(
         agent.dataplane().xdp_attached(),
@@ -1376,7 +1376,7 @@ fn bpf_log_in_tc_follows_the_switch_across_restarts_needs_root() -> Result<()> {
 
     // Off -> on, adopting the links loaded with it off.
     let open = connect(h.outside(), to_remote)?;
-    assert_eq!(h.restart(true)?, 6, "4 cgroup + 2 tc links adopted");
+    assert_eq!(h.restart(true)?, 7, "5 cgroup + 2 tc links adopted");
     survived(finish(open)?);
     let (remote_echo, local_echo) = traffic(&h)?;
     assert_eq!(remote_echo.peer.ip(), NODE1, "SNATed");
@@ -1422,7 +1422,7 @@ fn bpf_log_in_tc_follows_the_switch_across_restarts_needs_root() -> Result<()> {
             )),
         "{lines:?}"
     );
-    assert_eq!(h.restart(false)?, 6);
+    assert_eq!(h.restart(false)?, 7);
     survived(finish(open)?);
     traffic(&h)?;
     assert_eq!(h.bpf_log_lines()?, Vec::<String>::new());
@@ -1476,7 +1476,7 @@ fn bpf_log_in_xdp_follows_the_switch_across_restarts_needs_root() -> Result<()> 
 
     // Off -> on.
     let open = connect(h.outside(), to_tcp)?;
-    assert_eq!(h.restart(true)?, 7, "4 cgroup + 2 tc + 1 XDP links adopted");
+    assert_eq!(h.restart(true)?, 8, "5 cgroup + 2 tc + 1 XDP links adopted");
     survived(finish(open)?);
     let [tcp_echo, udp_echo, local_echo] = traffic(&h)?;
     let lines = h.bpf_log_lines()?;
@@ -1497,7 +1497,7 @@ fn bpf_log_in_xdp_follows_the_switch_across_restarts_needs_root() -> Result<()> 
     // On -> off.
     let open = connect(h.outside(), to_tcp)?;
     assert_eq!(h.bpf_log_lines()?.len(), 1, "the new flow's line");
-    assert_eq!(h.restart(false)?, 7);
+    assert_eq!(h.restart(false)?, 8);
     survived(finish(open)?);
     traffic(&h)?;
     assert_eq!(h.bpf_log_lines()?, Vec::<String>::new());

@@ -367,6 +367,45 @@ fn no_endpoints_refuses_and_changes_write_only_what_changed() -> Result<()> {
     Ok(())
 }
 
+/// Entries in the node's pinned `FK_REVNAT` map.
+fn revnat_entries(h: &Harness) -> Result<usize> {
+    use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+    let dir = bpffs::pin_dir(&h.config.bpffs, &h.config.node)?;
+    let data = MapData::from_pin(dir.join(ferrokube_ebpf_common::map_names::REVNAT))?;
+    let map: BpfHashMap<
+        MapData,
+        ferrokube_ebpf_common::RevNatKey,
+        ferrokube_ebpf_common::RevNatValue,
+    > = BpfHashMap::try_from(Map::LruHashMap(data))?;
+    Ok(map.keys().count())
+}
+
+#[test]
+fn closed_sockets_leave_no_reverse_translation_behind() -> Result<()> {
+    let mut h = Harness::new(2)?;
+    let pods: Vec<String> = (0..2).map(|i| h.pod(i)).collect();
+    h.apply_yaml(&yaml(&pods))?;
+    assert_eq!(revnat_entries(&h)?, 0);
+    // Each probe connection or connected UDP socket is closed when the probe is done:
+    // sock_release takes its entry with it.
+    let tcp = h.probe("tcp", "10.96.0.10:80", 20)?;
+    assert_eq!(replies(&tcp, "10.96.0.10:80")?.len(), 2);
+    let connected = h.probe("udp-connected", "10.96.0.10:53", 10)?;
+    assert_eq!(replies(&connected, "10.96.0.10:53")?.len(), 2);
+    ferrokube_testkit::wait_for(
+        "the closed sockets' entries to go",
+        std::time::Duration::from_secs(5),
+        || Ok((revnat_entries(&h)? == 0).then_some(())),
+    )?;
+    // An unconnected UDP socket's entries (one per backend it sent to; the probe uses a
+    // socket per datagram) are not known at release: they stay for the LRU.
+    let unconnected = h.probe("udp", "10.96.0.10:53", 10)?;
+    assert_eq!(replies(&unconnected, "10.96.0.10:53")?.len(), 2);
+    let left = revnat_entries(&h)?;
+    assert!((1..=10).contains(&left), "{left} entries");
+    Ok(())
+}
+
 /// A Service with `internalTrafficPolicy: Local` and one endpoint per `(address, node)`.
 fn internal_local_yaml(endpoints: &[(String, String)]) -> String {
     let list: String = endpoints
@@ -469,7 +508,7 @@ fn restart_adopts_pinned_programs_and_maps_without_a_gap() -> Result<()> {
 
     // It comes back, adopts everything, and the same input writes nothing.
     h.agent = Some(Agent::start(&h.config)?);
-    assert_eq!(h.agent().dataplane().adopted_links(), 4);
+    assert_eq!(h.agent().dataplane().adopted_links(), 5);
     let stats = h.apply_yaml(&yaml(&pods))?;
     assert_eq!(stats, ApplyStats::default());
     let after = h.probe("tcp", "10.96.0.10:80", 10)?;
@@ -688,7 +727,7 @@ fn bpf_log_reports_translations_and_refusals_only_when_on() -> Result<()> {
         h.agent = None;
         h.config.bpf_log = bpf_log;
         h.agent = Some(Agent::start(&h.config)?);
-        assert_eq!(h.agent().dataplane().adopted_links(), 4, "adopted");
+        assert_eq!(h.agent().dataplane().adopted_links(), 5, "adopted");
         replies(&h.probe("tcp", "10.96.0.10:80", 2)?, "10.96.0.10:80")?;
         let lines = bpf_log_lines(&mut h)?;
         let translated = lines
