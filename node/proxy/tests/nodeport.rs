@@ -825,8 +825,33 @@ fn a_reused_tuple_whose_snat_port_moved_on_starts_afresh_needs_root() -> Result<
         let echo = tcp_from_port(h.outside(), port, to)?;
         assert_eq!(echo.backend, remote);
         assert_eq!(echo.peer, SocketAddr::from((NODE1, 62_100)));
+        // The next connection takes the SNAT port over as soon as this flow closed (the
+        // reuse wait is 0 here): let this client socket finish closing first (its last
+        // ACK must still come back through the port), as the default wait does in real
+        // life. Under load the next SYN could otherwise overtake that ACK, and this
+        // socket would sit in LAST_ACK with its tuple busy for its retransmissions.
+        wait_port_closed(h.outside(), port)?;
     }
     Ok(())
+}
+
+/// Waits (bounded) until no TCP socket in `ns` has local port `port`.
+fn wait_port_closed(ns: &Netns, port: u16) -> Result<()> {
+    ferrokube_testkit::wait_for(
+        "the client socket to finish closing",
+        Duration::from_secs(5),
+        || {
+            let text = ns.run_in(|| Ok(std::fs::read_to_string("/proc/thread-self/net/tcp")?))?;
+            let busy = text.lines().skip(1).any(|line| {
+                line.split_whitespace()
+                    .nth(1)
+                    .and_then(|local| local.split_once(':'))
+                    .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                    == Some(port)
+            });
+            Ok((!busy).then_some(()))
+        },
+    )
 }
 
 #[test]
