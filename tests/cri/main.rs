@@ -86,6 +86,8 @@ cases!(
     pod_sandbox_stats,
     pull_image_from_a_registry,
     pull_image_with_credentials,
+    pull_image_over_https,
+    pull_image_refuses_untrusted_and_plain_registries,
     exec_streams_over_websocket,
     exec_negotiates_v5_and_half_closes_stdin,
     port_forward_over_websocket,
