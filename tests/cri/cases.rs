@@ -1098,6 +1098,71 @@ pub async fn container_limits_reach_the_cgroup(lab: &mut Lab) -> Result<()> {
     Ok(())
 }
 
+/// Each container has its own writable rootfs over the image: what one container writes
+/// is not in its sibling's (same image, same pod), which still sees the image's files.
+/// Ours mounts that rootfs as a `volatile` overlay (removing it then does not `syncfs`
+/// the node's disk; see `mount_overlay` in the runtime's container.rs).
+pub async fn container_rootfs_is_private_and_writable(lab: &mut Lab) -> Result<()> {
+    let pod_id = run_pod(lab, "rootfs").await?;
+    let mut ids = Vec::new();
+    for name in ["one", "two"] {
+        let config = container_config(lab, name, &["sleep", "3600"]);
+        let id = create(lab, (&pod_id, "rootfs"), config).await?;
+        start(lab, &id).await?;
+        ids.push(id);
+    }
+    let written = exec_stdout(
+        lab,
+        &ids[0],
+        &["sh", "-c", "echo one > /written && cat /written"],
+    )
+    .await?;
+    ensure!(written.trim() == "one", "{written:?}");
+    let sibling = exec_stdout(
+        lab,
+        &ids[1],
+        &[
+            "sh",
+            "-c",
+            "cat /etc/marker; echo; ls /written || echo absent",
+        ],
+    )
+    .await?;
+    ensure!(
+        sibling.split_whitespace().collect::<Vec<_>>() == ["standard", "absent"],
+        "{sibling:?}"
+    );
+    if lab.kind == crate::harness::Kind::Ours {
+        let rootfs = lab
+            .dir
+            .path()
+            .join("root/containers")
+            .join(&ids[0])
+            .join("bundle/rootfs")
+            .display()
+            .to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+        let line = mounts
+            .lines()
+            .find(|l| l.split_whitespace().nth(4) == Some(rootfs.as_str()))
+            .with_context(|| format!("no mount on {rootfs}"))?;
+        let (_, fs) = line.split_once(" - ").context("mountinfo line")?;
+        let fields: Vec<&str> = fs.split_whitespace().collect();
+        ensure!(
+            fields.first() == Some(&"overlay")
+                && fields.get(2).is_some_and(|options| {
+                    // `fsync=volatile` on kernels that have the fsync= option (6.x).
+                    options
+                        .split(',')
+                        .any(|o| o == "volatile" || o == "fsync=volatile")
+                }),
+            "{line}"
+        );
+    }
+    remove_pod(lab, &pod_id).await?;
+    Ok(())
+}
+
 /// A broken archive is refused and leaves the image list as it was.
 pub async fn broken_image_archive_is_refused(lab: &mut Lab) -> Result<()> {
     let before = lab

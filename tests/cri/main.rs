@@ -75,6 +75,7 @@ cases!(
     containers_talk_across_sandboxes_over_tcp,
     restart_keeps_containers_running,
     container_limits_reach_the_cgroup,
+    container_rootfs_is_private_and_writable,
     broken_image_archive_is_refused,
     missing_command_fails_and_leaves_nothing,
     reopen_container_log_after_rotation,
