@@ -10,7 +10,9 @@ use anyhow::{Context, Result, bail, ensure};
 use k8s_cri::v1 as cri;
 use serde_json::Value;
 
-use crate::harness::{IMAGE, Lab, POD_CIDR, build_image};
+use crate::harness::{
+    IMAGE, Lab, PLAIN_REGISTRY, POD_CIDR, Serving, TLS_REGISTRY, UNTRUSTED_REGISTRY, build_image,
+};
 
 fn spec(image: &str) -> Option<cri::ImageSpec> {
     Some(cri::ImageSpec {
@@ -1096,6 +1098,71 @@ pub async fn container_limits_reach_the_cgroup(lab: &mut Lab) -> Result<()> {
     Ok(())
 }
 
+/// Each container has its own writable rootfs over the image: what one container writes
+/// is not in its sibling's (same image, same pod), which still sees the image's files.
+/// Ours mounts that rootfs as a `volatile` overlay (removing it then does not `syncfs`
+/// the node's disk; see `mount_overlay` in the runtime's container.rs).
+pub async fn container_rootfs_is_private_and_writable(lab: &mut Lab) -> Result<()> {
+    let pod_id = run_pod(lab, "rootfs").await?;
+    let mut ids = Vec::new();
+    for name in ["one", "two"] {
+        let config = container_config(lab, name, &["sleep", "3600"]);
+        let id = create(lab, (&pod_id, "rootfs"), config).await?;
+        start(lab, &id).await?;
+        ids.push(id);
+    }
+    let written = exec_stdout(
+        lab,
+        &ids[0],
+        &["sh", "-c", "echo one > /written && cat /written"],
+    )
+    .await?;
+    ensure!(written.trim() == "one", "{written:?}");
+    let sibling = exec_stdout(
+        lab,
+        &ids[1],
+        &[
+            "sh",
+            "-c",
+            "cat /etc/marker; echo; ls /written || echo absent",
+        ],
+    )
+    .await?;
+    ensure!(
+        sibling.split_whitespace().collect::<Vec<_>>() == ["standard", "absent"],
+        "{sibling:?}"
+    );
+    if lab.kind == crate::harness::Kind::Ours {
+        let rootfs = lab
+            .dir
+            .path()
+            .join("root/containers")
+            .join(&ids[0])
+            .join("bundle/rootfs")
+            .display()
+            .to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+        let line = mounts
+            .lines()
+            .find(|l| l.split_whitespace().nth(4) == Some(rootfs.as_str()))
+            .with_context(|| format!("no mount on {rootfs}"))?;
+        let (_, fs) = line.split_once(" - ").context("mountinfo line")?;
+        let fields: Vec<&str> = fs.split_whitespace().collect();
+        ensure!(
+            fields.first() == Some(&"overlay")
+                && fields.get(2).is_some_and(|options| {
+                    // `fsync=volatile` on kernels that have the fsync= option (6.x).
+                    options
+                        .split(',')
+                        .any(|o| o == "volatile" || o == "fsync=volatile")
+                }),
+            "{line}"
+        );
+    }
+    remove_pod(lab, &pod_id).await?;
+    Ok(())
+}
+
 /// A broken archive is refused and leaves the image list as it was.
 pub async fn broken_image_archive_is_refused(lab: &mut Lab) -> Result<()> {
     let before = lab
@@ -1705,10 +1772,10 @@ pub async fn crictl_runs_a_pod_end_to_end(lab: &mut Lab) -> Result<()> {
     // pull with credentials from the lab registry (htpasswd; see
     // pull_image_with_credentials for the hash).
     const HTPASSWD: &str = "lab:$2b$04$hRLxD29HNyoYZaBImMepaeJDK1IMUqYVbBZmI1xwcb7yLksJdRT7.";
-    let _registry = lab.start_registry_with(Some((HTPASSWD, "lab:s3cret")))?;
+    let registry = lab.start_registry_with(Some((HTPASSWD, "lab:s3cret")))?;
     let image = lab.image.clone();
-    lab.push_as(&image, "private/busybox", "v1", "lab:s3cret")?;
-    lab.push_as(&image, "private/busybox", "v2", "lab:s3cret")?;
+    lab.push_as(&registry, &image, "private/busybox", "v1", "lab:s3cret")?;
+    lab.push_as(&registry, &image, "private/busybox", "v2", "lab:s3cret")?;
     let name = |tag: &str| format!("{}/private/busybox:{tag}", crate::harness::REGISTRY);
     refused(&["pull", &name("v1")], "pulling")?;
     refused(&["pull", "--creds", "lab", &name("v1")], "USER:PASSWORD")?;
@@ -1729,7 +1796,7 @@ pub async fn crictl_runs_a_pod_end_to_end(lab: &mut Lab) -> Result<()> {
         );
     }
     // create pulls a missing image first (with --creds), as real crictl.
-    lab.push_as(&image, "private/busybox", "v3", "lab:s3cret")?;
+    lab.push_as(&registry, &image, "private/busybox", "v3", "lab:s3cret")?;
     let pulled_file = container_file_with("pulled", &name("v3"), "echo pulled; sleep 3600")?
         .display()
         .to_string();
@@ -1839,10 +1906,10 @@ pub async fn pull_image_with_credentials(lab: &mut Lab) -> Result<()> {
     // A bcrypt (cost 4) hash of "s3cret", made once with Python's crypt module: the
     // registry's htpasswd input, not an expected output.
     const HTPASSWD: &str = "lab:$2b$04$hRLxD29HNyoYZaBImMepaeJDK1IMUqYVbBZmI1xwcb7yLksJdRT7.";
-    let _registry = lab.start_registry_with(Some((HTPASSWD, "lab:s3cret")))?;
+    let registry = lab.start_registry_with(Some((HTPASSWD, "lab:s3cret")))?;
     let image = lab.image.clone();
-    lab.push_as(&image, "private/busybox", "v1", "lab:s3cret")?;
-    lab.push_as(&image, "private/busybox", "v2", "lab:s3cret")?;
+    lab.push_as(&registry, &image, "private/busybox", "v1", "lab:s3cret")?;
+    lab.push_as(&registry, &image, "private/busybox", "v2", "lab:s3cret")?;
     let name = |tag: &str| format!("{}/private/busybox:{tag}", crate::harness::REGISTRY);
     let request = |tag: &str, auth: Option<cri::AuthConfig>| cri::PullImageRequest {
         image: spec(&name(tag)),
@@ -1902,9 +1969,9 @@ pub async fn pull_image_with_credentials(lab: &mut Lab) -> Result<()> {
 /// the image lands under its name with the pushed config as its ID, runs, and a missing
 /// tag is an error that adds nothing.
 pub async fn pull_image_from_a_registry(lab: &mut Lab) -> Result<()> {
-    let _registry = lab.start_registry()?;
+    let registry = lab.start_registry()?;
     let image = lab.image.clone();
-    lab.push(&image, "pulled/busybox", "v1")?;
+    lab.push(&registry, &image, "pulled/busybox", "v1")?;
     let name = format!("{}/pulled/busybox:v1", crate::harness::REGISTRY);
     let pulled = lab
         .images
@@ -1954,6 +2021,93 @@ pub async fn pull_image_from_a_registry(lab: &mut Lab) -> Result<()> {
     let status = wait_exited(lab, &id).await?;
     ensure!(status.exit_code == 0, "{status:?}");
     remove_pod(lab, &pod_id).await?;
+    Ok(())
+}
+
+/// PullImage over HTTPS from a registry that is not marked insecure, on a non-loopback
+/// address, whose certificate comes from a CA the daemon trusts the way the system roots
+/// are extended (`SSL_CERT_FILE`, see the harness): the image lands under its name.
+pub async fn pull_image_over_https(lab: &mut Lab) -> Result<()> {
+    let registry = lab.start_registry_serving(Serving::Trusted, None)?;
+    let image = lab.image.clone();
+    lab.push(&registry, &image, "secure/busybox", "v1")?;
+    let name = format!("{TLS_REGISTRY}/secure/busybox:v1");
+    let pulled = lab
+        .images
+        .pull_image(cri::PullImageRequest {
+            image: spec(&name),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .context("pull over HTTPS")?
+        .into_inner();
+    ensure!(!pulled.image_ref.is_empty(), "{pulled:?}");
+    let found = status(lab, &name)
+        .await?
+        .context("image pulled over HTTPS not found")?;
+    ensure!(found.id == image.config_digest, "{found:?}");
+    ensure!(found.repo_tags.contains(&name), "{found:?}");
+    Ok(())
+}
+
+/// A pull the transport refuses stores nothing: HTTPS whose certificate comes from a CA
+/// the daemon does not trust (an error that names the certificate), and plain HTTP from a
+/// registry not marked insecure (HTTPS is tried, and only HTTPS). Both registries hold
+/// the image (curl, trusting the CA, pushed it). CRI gives no status code for either;
+/// both runtimes answer Unknown, which is not asserted.
+pub async fn pull_image_refuses_untrusted_and_plain_registries(lab: &mut Lab) -> Result<()> {
+    let untrusted = lab.start_registry_serving(Serving::Untrusted, None)?;
+    let plain = lab.start_registry_serving(Serving::PlainUnmarked, None)?;
+    let image = lab.image.clone();
+    lab.push(&untrusted, &image, "refused/busybox", "v1")?;
+    lab.push(&plain, &image, "refused/busybox", "v1")?;
+    let count = |lab: &mut Lab| {
+        let mut images = lab.images.clone();
+        async move {
+            Ok::<_, anyhow::Error>(
+                images
+                    .list_images(cri::ListImagesRequest::default())
+                    .await?
+                    .into_inner()
+                    .images
+                    .len(),
+            )
+        }
+    };
+    let before = count(lab).await?;
+    for (host, what) in [
+        (UNTRUSTED_REGISTRY, "an untrusted certificate"),
+        (PLAIN_REGISTRY, "plain HTTP, not marked insecure"),
+    ] {
+        let name = format!("{host}/refused/busybox:v1");
+        let refused = lab
+            .images
+            .pull_image(cri::PullImageRequest {
+                image: spec(&name),
+                auth: None,
+                sandbox_config: None,
+            })
+            .await;
+        let error = match refused {
+            Ok(pulled) => bail!("pull over {what} succeeded: {pulled:?}"),
+            Err(e) => e,
+        };
+        if host == UNTRUSTED_REGISTRY {
+            ensure!(
+                error.message().contains("certificate"),
+                "the error for {what} does not name the certificate: {error:?}"
+            );
+        }
+        ensure!(
+            status(lab, &name).await?.is_none(),
+            "the refused pull over {what} stored the image"
+        );
+    }
+    ensure!(
+        count(lab).await? == before,
+        "a refused pull changed the image list"
+    );
     Ok(())
 }
 

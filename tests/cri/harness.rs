@@ -16,13 +16,30 @@ use ferrokube_testkit::wait_for;
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ferrokube");
 pub const POD_CIDR: &str = "10.67.0.0/24";
-/// The lab registry's address, inside the lab namespace (see [`Lab::start_registry`]).
+/// The lab registry's address, inside the lab namespace (see [`Lab::start_registry`]):
+/// loopback, plain HTTP, marked insecure for both runtimes.
 pub const REGISTRY: &str = "127.0.0.1:5000";
+/// A non-loopback address the lab namespace gets on `lo` for the registries that are
+/// NOT marked insecure: neither runtime treats it specially (containerd would default a
+/// loopback registry to plain HTTP), so it is reached the way a registry on the network
+/// is, over HTTPS verified against the system roots.
+pub const REMOTE_HOST: &str = "10.68.0.1";
+/// HTTPS with a certificate from the lab CA, which both daemons trust
+/// ([`Serving::Trusted`]).
+pub const TLS_REGISTRY: &str = "10.68.0.1:5443";
+/// HTTPS with a certificate from a CA nobody trusts ([`Serving::Untrusted`]).
+pub const UNTRUSTED_REGISTRY: &str = "10.68.0.1:5444";
+/// Plain HTTP, not marked insecure ([`Serving::PlainUnmarked`]).
+pub const PLAIN_REGISTRY: &str = "10.68.0.1:5080";
 
 /// The image every case can use: `docker.io/library/fkbusybox:latest`, busybox with
 /// `sleep infinity` as its entrypoint.
@@ -187,6 +204,7 @@ impl Lab {
             .arg(&conf_dir)
             .arg("--data-dir")
             .arg(d.join("ipam")))?;
+        make_lab_ca(d)?;
         let child = spawn_daemon(kind, &node, d)?;
         let socket = d.join("cri.sock");
         let waited = wait_for("the runtime's socket", Duration::from_secs(30), || {
@@ -259,33 +277,81 @@ impl Lab {
     /// HTTP: containerd is told so by `certs.d/<host>/hosts.toml`, ours by
     /// `--insecure-registry`). Stopped on drop (and by the lab's cleanup).
     pub fn start_registry(&self) -> Result<Registry> {
-        self.start_registry_with(None)
+        self.start_registry_serving(Serving::Insecure, None)
     }
 
     /// [`Lab::start_registry`], with htpasswd auth when `htpasswd` (a `user:bcrypt-hash`
     /// line) is given; `credentials` (`user:password`) is what the readiness probe uses.
     pub fn start_registry_with(&self, auth: Option<(&str, &str)>) -> Result<Registry> {
+        self.start_registry_serving(Serving::Insecure, auth)
+    }
+
+    /// Starts a docker-registry serving as `serving` says (with `auth` as in
+    /// [`Lab::start_registry_with`]); ready once curl, trusting the registry's CA, gets
+    /// an answer from `/v2/`.
+    pub fn start_registry_serving(
+        &self,
+        serving: Serving,
+        auth: Option<(&str, &str)>,
+    ) -> Result<Registry> {
         let bin = "/usr/bin/docker-registry";
         ensure!(
             Path::new(bin).exists(),
             "{bin} missing: the pull test needs Debian's docker-registry (run `cargo xtask setup`)"
         );
         let d = self.dir.path();
-        let hosts = d.join("certs.d").join(REGISTRY);
-        std::fs::create_dir_all(&hosts)?;
-        std::fs::write(
-            hosts.join("hosts.toml"),
-            format!(
-                "server = \"http://{REGISTRY}\"\n[host.\"http://{REGISTRY}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
-            ),
-        )?;
-        let config = d.join("registry.yml");
+        let host = serving.host();
+        let name = host.replace([':', '.'], "-");
+        let mut cacert = None;
+        let mut tls = String::new();
+        match serving {
+            Serving::Insecure => {
+                let hosts = d.join("certs.d").join(REGISTRY);
+                std::fs::create_dir_all(&hosts)?;
+                std::fs::write(
+                    hosts.join("hosts.toml"),
+                    format!(
+                        "server = \"http://{REGISTRY}\"\n[host.\"http://{REGISTRY}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+                    ),
+                )?;
+            }
+            Serving::PlainUnmarked => self.add_remote_host()?,
+            Serving::Trusted | Serving::Untrusted => {
+                self.add_remote_host()?;
+                let tls_dir = d.join("tls");
+                let (ca_pem, ca_key) = if serving == Serving::Trusted {
+                    (
+                        std::fs::read_to_string(tls_dir.join("ca.crt"))?,
+                        std::fs::read_to_string(tls_dir.join("ca.key"))?,
+                    )
+                } else {
+                    new_ca("ferrokube-lab-untrusted-ca")?
+                };
+                let issuer = Issuer::from_ca_cert_pem(&ca_pem, KeyPair::from_pem(&ca_key)?)?;
+                let (cert, key) = server_cert(&issuer, REMOTE_HOST)?;
+                let (cert_file, key_file) = (
+                    tls_dir.join(format!("{name}.crt")),
+                    tls_dir.join(format!("{name}.key")),
+                );
+                std::fs::write(&cert_file, cert)?;
+                std::fs::write(&key_file, key)?;
+                let ca_file = tls_dir.join(format!("{name}-ca.crt"));
+                std::fs::write(&ca_file, &ca_pem)?;
+                cacert = Some(ca_file);
+                tls = format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    cert_file.display(),
+                    key_file.display()
+                );
+            }
+        }
+        let config = d.join(format!("registry-{name}.yml"));
         let mut text = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {REGISTRY}\n",
-            d.join("registry").display()
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n{tls}",
+            d.join(format!("registry-{name}")).display()
         );
         if let Some((htpasswd, _)) = auth {
-            let file = d.join("htpasswd");
+            let file = d.join(format!("htpasswd-{name}"));
             std::fs::write(&file, format!("{htpasswd}\n"))?;
             text.push_str(&format!(
                 "auth:\n  htpasswd:\n    realm: ferrokube-lab\n    path: {}\n",
@@ -293,7 +359,7 @@ impl Lab {
             ));
         }
         std::fs::write(&config, text)?;
-        let log = std::fs::File::create(d.join("registry.log"))?;
+        let log = std::fs::File::create(d.join(format!("registry-{name}.log")))?;
         let child = self
             .node
             .command(bin)
@@ -303,11 +369,16 @@ impl Lab {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        let registry = Registry { child };
+        let scheme = if cacert.is_some() { "https" } else { "http" };
+        let registry = Registry {
+            child,
+            base: format!("{scheme}://{host}"),
+            cacert,
+        };
         wait_for("the registry", Duration::from_secs(30), || {
             Ok(self
-                .curl(auth.map_or("", |(_, credentials)| credentials))
-                .arg(format!("http://{REGISTRY}/v2/"))
+                .curl(&registry, auth.map_or("", |(_, credentials)| credentials))
+                .arg(format!("{}/v2/", registry.base))
                 .output()?
                 .status
                 .success()
@@ -316,16 +387,33 @@ impl Lab {
         Ok(registry)
     }
 
-    /// Pushes a test image (its OCI archive) to the lab registry as `repo:tag` with curl
-    /// (blob uploads, then the manifest).
-    pub fn push(&self, image: &TestImage, repo: &str, tag: &str) -> Result<()> {
-        self.push_as(image, repo, tag, "")
+    /// Gives the lab namespace [`REMOTE_HOST`] (on `lo`; idempotent).
+    fn add_remote_host(&self) -> Result<()> {
+        self.node
+            .ip(&["addr", "replace", &format!("{REMOTE_HOST}/32"), "dev", "lo"])?;
+        Ok(())
     }
 
-    /// `curl -sf` in the lab namespace, with `-u credentials` unless they are empty.
-    fn curl(&self, credentials: &str) -> Command {
+    /// Pushes a test image (its OCI archive) to `registry` as `repo:tag` with curl
+    /// (blob uploads, then the manifest).
+    pub fn push(
+        &self,
+        registry: &Registry,
+        image: &TestImage,
+        repo: &str,
+        tag: &str,
+    ) -> Result<()> {
+        self.push_as(registry, image, repo, tag, "")
+    }
+
+    /// `curl -sf` in the lab namespace, trusting `registry`'s CA (curl is the operator
+    /// here, not a runtime under test), with `-u credentials` unless they are empty.
+    fn curl(&self, registry: &Registry, credentials: &str) -> Command {
         let mut curl = self.node.command("curl");
         curl.arg("-sf");
+        if let Some(ca) = &registry.cacert {
+            curl.arg("--cacert").arg(ca);
+        }
         if !credentials.is_empty() {
             curl.args(["-u", credentials]);
         }
@@ -335,11 +423,13 @@ impl Lab {
     /// [`Lab::push`] with `credentials` (`user:password`, or empty for none).
     pub fn push_as(
         &self,
+        registry: &Registry,
         image: &TestImage,
         repo: &str,
         tag: &str,
         credentials: &str,
     ) -> Result<()> {
+        let base = &registry.base;
         let dir = tempfile::Builder::new()
             .prefix("push")
             .tempdir_in(self.dir.path())?;
@@ -361,14 +451,14 @@ impl Lab {
             digests.push(layer["digest"].as_str().unwrap_or_default().to_string());
         }
         for digest in digests {
-            let headers = run(self.curl(credentials).args([
+            let headers = run(self.curl(registry, credentials).args([
                 "-X",
                 "POST",
                 "-D",
                 "-",
                 "-o",
                 "/dev/null",
-                &format!("http://{REGISTRY}/v2/{repo}/blobs/uploads/"),
+                &format!("{base}/v2/{repo}/blobs/uploads/"),
             ]))?;
             let location = headers
                 .lines()
@@ -381,10 +471,10 @@ impl Lab {
             let url = if location.starts_with("http") {
                 location
             } else {
-                format!("http://{REGISTRY}{location}")
+                format!("{base}{location}")
             };
             let sep = if url.contains('?') { '&' } else { '?' };
-            run(self.curl(credentials).args([
+            run(self.curl(registry, credentials).args([
                 "-X",
                 "PUT",
                 "-H",
@@ -394,14 +484,14 @@ impl Lab {
                 &format!("{url}{sep}digest={digest}"),
             ]))?;
         }
-        run(self.curl(credentials).args([
+        run(self.curl(registry, credentials).args([
             "-X",
             "PUT",
             "-H",
             "Content-Type: application/vnd.oci.image.manifest.v1+json",
             "--data-binary",
             &format!("@{}", blob(&image.manifest_digest).display()),
-            &format!("http://{REGISTRY}/v2/{repo}/manifests/{tag}"),
+            &format!("{base}/v2/{repo}/manifests/{tag}"),
         ]))?;
         Ok(())
     }
@@ -488,6 +578,75 @@ fn remove_tree(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
+/// A self-signed CA named `cn`: its certificate and key, PEM.
+fn new_ca(cn: &str) -> Result<(String, String)> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    set_validity(&mut params);
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A server certificate for the IP address `ip`, signed by `issuer`: certificate and key,
+/// PEM.
+fn server_cert(issuer: &Issuer<'_, KeyPair>, ip: &str) -> Result<(String, String)> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, ip);
+    params.distinguished_name = dn;
+    params.subject_alt_names = vec![SanType::IpAddress(ip.parse()?)];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    set_validity(&mut params);
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// From the start of last year to the start of the year after next (whole years around
+/// now, so the calendar arithmetic need not be exact).
+fn set_validity(params: &mut CertificateParams) {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let year = 1970 + (secs / 31_556_952) as i32;
+    params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
+    params.not_after = rcgen::date_time_ymd(year + 2, 1, 1);
+}
+
+/// Makes the lab's throwaway CA (`tls/ca.crt`, `tls/ca.key`) and the root bundle both
+/// daemons get as `SSL_CERT_FILE` (`tls/roots.pem`): the system's roots plus the lab CA.
+/// `SSL_CERT_FILE` is how the system roots are extended for one process on Linux, and
+/// both verifiers read it: ours (reqwest's rustls-platform-verifier, which on Linux loads
+/// the roots through rustls-native-certs) and containerd's (Go's crypto/x509). It
+/// *replaces* the system bundle file for both, hence the copy of the system roots.
+fn make_lab_ca(d: &Path) -> Result<()> {
+    let dir = d.join("tls");
+    std::fs::create_dir_all(&dir)?;
+    let (cert, key) = new_ca("ferrokube-lab-ca")?;
+    std::fs::write(dir.join("ca.crt"), &cert)?;
+    std::fs::write(dir.join("ca.key"), key)?;
+    let mut roots = std::fs::read_to_string(SYSTEM_ROOTS).unwrap_or_default();
+    if !roots.is_empty() && !roots.ends_with('\n') {
+        roots.push('\n');
+    }
+    roots.push_str(&cert);
+    std::fs::write(dir.join("roots.pem"), roots)?;
+    Ok(())
+}
+
+/// Debian's system root bundle (ca-certificates).
+const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// The daemon's command line (for containerd, its config file is written too).
 fn daemon_command(kind: Kind, node: &Netns, d: &Path) -> Result<Command> {
     let (bin_dir, conf_dir) = (d.join("cni/bin"), d.join("cni/net.d"));
@@ -507,6 +666,7 @@ fn daemon_command(kind: Kind, node: &Netns, d: &Path) -> Result<Command> {
                 .arg("--cgroup-root")
                 .arg(cgroup_name(d))
                 .args(["--insecure-registry", REGISTRY])
+                .env("SSL_CERT_FILE", d.join("tls/roots.pem"))
                 .env("FERROKUBE_LOG", "debug");
             command
         }
@@ -540,6 +700,8 @@ default_runtime_name = "runc"
   [plugins."io.containerd.grpc.v1.cri".cni]
 bin_dir = "{bin}"
 conf_dir = "{conf}"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+config_path = "{d}/certs.d"
 "#,
                     d = d.display(),
                     bin = bin_dir.display(),
@@ -547,7 +709,10 @@ conf_dir = "{conf}"
                 ),
             )?;
             let mut command = node.command("/usr/bin/containerd");
-            command.arg("--config").arg(d.join("config.toml"));
+            command
+                .arg("--config")
+                .arg(d.join("config.toml"))
+                .env("SSL_CERT_FILE", d.join("tls/roots.pem"));
             command
         }
     };
@@ -590,9 +755,39 @@ async fn connect(socket: &Path) -> Result<Channel> {
         .await?)
 }
 
+/// How a lab registry serves (see [`Lab::start_registry_serving`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serving {
+    /// Plain HTTP on [`REGISTRY`], marked insecure for both runtimes.
+    Insecure,
+    /// Plain HTTP on [`PLAIN_REGISTRY`], NOT marked insecure.
+    PlainUnmarked,
+    /// HTTPS on [`TLS_REGISTRY`] with a certificate from the lab CA, which both daemons
+    /// trust through `SSL_CERT_FILE` (see [`make_lab_ca`]).
+    Trusted,
+    /// HTTPS on [`UNTRUSTED_REGISTRY`] with a certificate from a throwaway CA that only
+    /// the pushing curl trusts.
+    Untrusted,
+}
+
+impl Serving {
+    fn host(self) -> &'static str {
+        match self {
+            Serving::Insecure => REGISTRY,
+            Serving::PlainUnmarked => PLAIN_REGISTRY,
+            Serving::Trusted => TLS_REGISTRY,
+            Serving::Untrusted => UNTRUSTED_REGISTRY,
+        }
+    }
+}
+
 /// The lab registry process.
 pub struct Registry {
     child: Child,
+    /// `scheme://host[:port]`.
+    base: String,
+    /// The CA that signed the registry's certificate (HTTPS only).
+    cacert: Option<PathBuf>,
 }
 
 impl Drop for Registry {

@@ -4,7 +4,9 @@
 //! oci-client while it streams, and again by the store), anonymous, Basic and Bearer-token
 //! auth (the `WWW-Authenticate` challenge) are handled by oci-client, and the result goes
 //! through the same verify-unpack-publish path as an import. HTTPS with the system's roots
-//! (reqwest's rustls with the platform verifier); plain HTTP only for registries named with
+//! (reqwest's rustls with the platform verifier, which on Linux loads them per client
+//! through rustls-native-certs: `SSL_CERT_FILE` / `SSL_CERT_DIR` replace the system bundle,
+//! as they do for Go's crypto/x509); plain HTTP only for registries named with
 //! `--insecure-registry`.
 
 use std::path::Path;
@@ -145,8 +147,25 @@ fn pull_error(image: &str, e: OciDistributionError) -> PullError {
         | OciDistributionError::SpecViolationError(why) => {
             PullError::InvalidManifest(image.into(), why)
         }
-        other => PullError::Registry(image.into(), other.to_string()),
+        other => PullError::Registry(image.into(), with_sources(&other)),
     }
+}
+
+/// `e`'s message followed by its sources' (`: `-joined, repeats left out): reqwest's own
+/// message ("error sending request for url (...)") leaves out why, such as a certificate
+/// that no trusted root signed or a refused connection.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl Puller {
@@ -275,6 +294,20 @@ impl Puller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transport_errors_keep_their_cause() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("error sending request for url (https://r/v2/)")]
+        struct Outer(#[source] std::io::Error);
+        let error = Outer(std::io::Error::other(
+            "invalid peer certificate: UnknownIssuer",
+        ));
+        assert_eq!(
+            with_sources(&error),
+            "error sending request for url (https://r/v2/): invalid peer certificate: UnknownIssuer"
+        );
+    }
 
     #[test]
     fn credentials_become_registry_auth() {
