@@ -617,24 +617,23 @@ fn attach(
     let program = ebpf
         .program_mut(name)
         .ok_or(LoadError::MissingProgram(name))?;
+    // The two cgroup program types share these calls but no trait.
+    macro_rules! load_and_attach {
+        ($kind:ty) => {{
+            let program: &mut $kind = program.try_into().map_err(program_error)?;
+            program.load().map_err(program_error)?;
+            let link_id = program
+                .attach(cgroup, CgroupAttachMode::Single)
+                .map_err(program_error)?;
+            let link = program.take_link(link_id).map_err(program_error)?;
+            link.try_into()
+                .map_err(|source| LoadError::Link { name, source })?
+        }};
+    }
     let link: FdLink = if name == program_names::SOCK_RELEASE {
-        let program: &mut CgroupSock = program.try_into().map_err(program_error)?;
-        program.load().map_err(program_error)?;
-        let link_id = program
-            .attach(cgroup, CgroupAttachMode::Single)
-            .map_err(program_error)?;
-        let link = program.take_link(link_id).map_err(program_error)?;
-        link.try_into()
-            .map_err(|source| LoadError::Link { name, source })?
+        load_and_attach!(CgroupSock)
     } else {
-        let program: &mut CgroupSockAddr = program.try_into().map_err(program_error)?;
-        program.load().map_err(program_error)?;
-        let link_id = program
-            .attach(cgroup, CgroupAttachMode::Single)
-            .map_err(program_error)?;
-        let link = program.take_link(link_id).map_err(program_error)?;
-        link.try_into()
-            .map_err(|source| LoadError::Link { name, source })?
+        load_and_attach!(CgroupSockAddr)
     };
     link.pin(link_path).map_err(|source| LoadError::Pin {
         path: link_path.into(),
