@@ -2216,19 +2216,27 @@ pub async fn exec_streams_over_websocket(lab: &mut Lab) -> Result<()> {
     }
     ensure!(out.exit_code()? == 4, "{out:?}");
 
-    // A TTY exec that cannot start ends with a Failure status naming runc's reason.
-    let mut request = exec_request(&id, &["/no/such/binary"]);
-    request.tty = true;
-    request.stderr = false;
-    let url = exec_url(lab, request).await?;
+    // An exec that cannot start, with or without a terminal, ends with a Failure status
+    // naming runc's reason (not an exit code: the process never ran).
+    for tty in [true, false] {
+        let mut request = exec_request(&id, &["/no/such/binary"]);
+        request.tty = tty;
+        request.stderr = !tty;
+        let url = exec_url(lab, request).await?;
+        let out = exec(lab, &url, v4, &[]).await?;
+        ensure!(
+            out.status["status"] == "Failure"
+                && out.status["reason"] != "NonZeroExitCode"
+                && out.status["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("/no/such/binary") && m.contains("no such file")),
+            "tty {tty}: {out:?}"
+        );
+    }
+    // A process that does run and exits 255 is an exit code, not a failure to start.
+    let url = exec_url(lab, exec_request(&id, &["sh", "-c", "exit 255"])).await?;
     let out = exec(lab, &url, v4, &[]).await?;
-    ensure!(
-        out.status["status"] == "Failure"
-            && out.status["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("/no/such/binary") && m.contains("no such file")),
-        "{out:?}"
-    );
+    ensure!(out.exit_code()? == 255, "{out:?}");
 
     // Validation.
     let unknown = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -2287,6 +2295,18 @@ pub async fn exec_streams_over_spdy(lab: &mut Lab) -> Result<()> {
     let url = exec_url(lab, exec_request(&id, &["true"])).await?;
     let out = exec(lab, &url, &[v4], plain, &[]).await?;
     ensure!(out.exit_code()? == 0, "{out:?}");
+
+    // A process that never started is a failure naming runc's reason, not an exit code.
+    let url = exec_url(lab, exec_request(&id, &["/no/such/binary"])).await?;
+    let out = exec(lab, &url, &[v4], plain, &[]).await?;
+    ensure!(
+        out.status["status"] == "Failure"
+            && out.status["reason"] != "NonZeroExitCode"
+            && out.status["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("/no/such/binary")),
+        "{out:?}"
+    );
 
     // More than one SPDY window of output (64 KiB) arrives whole.
     let url = exec_url(

@@ -314,18 +314,33 @@ impl Containers {
         id: &str,
         cmd: &[String],
     ) -> Result<tokio::process::Command, ContainerError> {
+        self.exec_command_traced(id, cmd, None)
+    }
+
+    /// [`Self::exec_command`]; with `trace` = `(log, pid_file)`, runc writes its own log
+    /// (JSON lines) to `log` and the exec process's PID to `pid_file` once the process
+    /// started, so a failure to start it can be told from the process exiting 255 (the
+    /// code runc also exits with when it fails).
+    pub fn exec_command_traced(
+        &self,
+        id: &str,
+        cmd: &[String],
+        trace: Option<(&Path, &Path)>,
+    ) -> Result<tokio::process::Command, ContainerError> {
         let record = self.running(id)?;
         if cmd.is_empty() {
             return Err(ContainerError::Invalid("exec needs a command".into()));
         }
         let mut command = tokio::process::Command::new(&self.runc);
-        command
-            .arg("--root")
-            .arg(&self.runc_root)
-            .arg("exec")
-            .arg(&record.id)
-            .args(cmd)
-            .kill_on_drop(true);
+        command.arg("--root").arg(&self.runc_root);
+        if let Some((log, _)) = trace {
+            command.arg("--log").arg(log).args(["--log-format", "json"]);
+        }
+        command.arg("exec");
+        if let Some((_, pid_file)) = trace {
+            command.arg("--pid-file").arg(pid_file);
+        }
+        command.arg(&record.id).args(cmd).kill_on_drop(true);
         Ok(command)
     }
 

@@ -1,7 +1,11 @@
 //! Exec over a WebSocket channel protocol: `runc exec` in the container, its stdio relayed
 //! on the channels, then a `metav1.Status` on the error channel and a close frame.
 //!
-//! Without a terminal runc gets pipes. With one, the runtime holds the container's
+//! Without a terminal runc gets pipes, and writes its own log and the process's pid file to
+//! a private directory: runc exits 255 both when it cannot start the process and when the
+//! process exits 255, and only the pid file tells them apart; a process that never started
+//! ends with a Failure status carrying runc's message (as containerd reports it), not an
+//! exit code. With one, the runtime holds the container's
 //! terminal itself, as containerd's shim does: the TTY exec helper ([`crate::tty`], a
 //! short-lived child process that is a child subreaper) runs `runc exec --detach --tty
 //! --console-socket`, passes the terminal's master it receives to this module over a unix
@@ -37,6 +41,59 @@ struct Session {
     stdin: Option<Writer>,
     outputs: Vec<(u8, Reader)>,
     terminal: Option<Terminal>,
+    /// Without a terminal: runc's log and pid file, to tell a process that never started
+    /// from one that exited 255.
+    trace: Option<StartTrace>,
+}
+
+/// A private directory holding runc's log and the exec process's pid file (removed on
+/// drop).
+struct StartTrace {
+    dir: tempfile::TempDir,
+}
+
+impl StartTrace {
+    const LOG: &'static str = "runc.log";
+    const PID: &'static str = "exec.pid";
+
+    fn new() -> Result<Self, ContainerError> {
+        let dir = tempfile::Builder::new()
+            .prefix("ferrokube-exec-")
+            .tempdir()
+            .map_err(|e| ContainerError::Io("exec trace directory".into(), e.to_string()))?;
+        Ok(Self { dir })
+    }
+
+    fn log(&self) -> std::path::PathBuf {
+        self.dir.path().join(Self::LOG)
+    }
+
+    fn pid_file(&self) -> std::path::PathBuf {
+        self.dir.path().join(Self::PID)
+    }
+
+    /// The exec's outcome from runc's exit code: runc exits 255 both when it fails and
+    /// when the process does; without a pid file the process never started, and runc's
+    /// last error line says why (as containerd reports it: a failure, not an exit code).
+    fn outcome(&self, code: i32) -> Result<i32, String> {
+        if code != 255 || self.pid_file().exists() {
+            return Ok(code);
+        }
+        let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+        let message = log
+            .lines()
+            .rev()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|entry| entry["level"] == "error")
+            .find_map(|entry| entry["msg"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "runc exec failed before starting the process".to_string());
+        Err(message)
+    }
+}
+
+/// The outcome of a finished exec: its exit code, or why it never started.
+fn outcome(trace: Option<&StartTrace>, code: i32) -> Result<i32, String> {
+    trace.map_or(Ok(code), |t| t.outcome(code))
 }
 
 /// The master of the container's terminal, for resizes.
@@ -105,6 +162,7 @@ async fn start_tty(
             .then(|| Box::new(tokio::fs::File::from_std(writer)) as Writer),
         outputs: vec![(STDOUT, Box::new(tokio::fs::File::from_std(reader)))],
         terminal: Some(Terminal { master }),
+        trace: None,
     })
 }
 
@@ -115,7 +173,12 @@ async fn start(containers: &Containers, request: &ExecRequest) -> Result<Session
     let io = |what: &'static str| {
         move |e: std::io::Error| ContainerError::Io(what.into(), e.to_string())
     };
-    let mut command = containers.exec_command(&request.container_id, &request.cmd)?;
+    let trace = StartTrace::new()?;
+    let mut command = containers.exec_command_traced(
+        &request.container_id,
+        &request.cmd,
+        Some((&trace.log(), &trace.pid_file())),
+    )?;
     let pipe = |wanted: bool| {
         if wanted {
             Stdio::piped()
@@ -141,6 +204,7 @@ async fn start(containers: &Containers, request: &ExecRequest) -> Result<Session
         stdin,
         outputs,
         terminal: None,
+        trace: Some(trace),
     })
 }
 
@@ -269,8 +333,9 @@ pub async fn serve(
             );
             let (_, exit) = tokio::join!(pumps, session.child.wait());
             input.abort();
-            match exit {
-                Ok(status) => exit_status(status.code().unwrap_or(-1)),
+            match exit.map(|status| outcome(session.trace.as_ref(), status.code().unwrap_or(-1))) {
+                Ok(Ok(code)) => exit_status(code),
+                Ok(Err(message)) => failure(message),
                 Err(e) => failure(format!("waiting for runc exec: {e}")),
             }
         }
@@ -483,7 +548,7 @@ pub async fn serve_spdy(
                 () = input => unreachable!("input never ends"),
             };
             match exit {
-                Ok(status) => Ok(status.code().unwrap_or(-1)),
+                Ok(status) => outcome(run.trace.as_ref(), status.code().unwrap_or(-1)),
                 Err(e) => Err(format!("waiting for runc exec: {e}")),
             }
         }
@@ -510,6 +575,25 @@ async fn pump_spdy(id: u32, mut reader: Reader, tx: super::spdy::Sender) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_that_never_started_is_told_from_exit_255() {
+        let trace = StartTrace::new().expect("trace dir");
+        std::fs::write(
+            trace.log(),
+            "{\"level\":\"warning\",\"msg\":\"w\"}\n\
+             {\"level\":\"error\",\"msg\":\"exec failed: stat /x: no such file\"}\n",
+        )
+        .expect("log");
+        assert_eq!(
+            trace.outcome(255),
+            Err("exec failed: stat /x: no such file".to_string())
+        );
+        assert_eq!(trace.outcome(3), Ok(3));
+        std::fs::write(trace.pid_file(), "42").expect("pid");
+        assert_eq!(trace.outcome(255), Ok(255));
+        assert_eq!(outcome(None, 255), Ok(255));
+    }
 
     #[test]
     fn statuses_match_upstream() {
