@@ -207,6 +207,20 @@ fn proxy_follows_the_apiserver() -> Result<()> {
     Ok(())
 }
 
+/// A NodePort Service `web` (port 80, `node_port`) whose one endpoint `pod:8080` is on
+/// `node`.
+fn nodeport_yaml(pod: std::net::Ipv4Addr, node: &str, node_port: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\n\
+         spec:\n  type: NodePort\n  clusterIP: 10.96.0.10\n  \
+         ports: [{{name: http, port: 80, nodePort: {node_port}}}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata:\n  name: web-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: web}}\n\
+         addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\n\
+         endpoints:\n- addresses: [{pod}]\n  nodeName: {node}\n"
+    )
+}
+
 #[test]
 fn proxy_interface_attaches_tc_and_reset_detaches_it() -> Result<()> {
     use std::io::{ErrorKind, Read, Write};
@@ -221,18 +235,7 @@ fn proxy_interface_attaches_tc_and_reset_detaches_it() -> Result<()> {
     let _pins = Pins(node.clone());
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("services.yaml");
-    write(
-        &file,
-        &format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\n\
-             spec:\n  type: NodePort\n  clusterIP: 10.96.0.10\n  \
-             ports: [{{name: http, port: 80, nodePort: 30090}}]\n---\n\
-             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-             metadata:\n  name: web-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: web}}\n\
-             addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\n\
-             endpoints:\n- addresses: [{pod}]\n  nodeName: {node}\n"
-        ),
-    )?;
+    write(&file, &nodeport_yaml(pod, &node, 30090))?;
     // Run inside node 1's namespace (nsenter --net keeps bpffs and cgroup2 visible).
     let out = lab
         .node1
@@ -415,18 +418,7 @@ fn proxy_bpf_log_applies_to_adopted_programs() -> Result<()> {
     let _pins = Pins(node.clone());
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("services.yaml");
-    write(
-        &file,
-        &format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\n\
-             spec:\n  type: NodePort\n  clusterIP: 10.96.0.10\n  \
-             ports: [{{name: http, port: 80, nodePort: 30091}}]\n---\n\
-             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-             metadata:\n  name: web-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: web}}\n\
-             addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\n\
-             endpoints:\n- addresses: [{pod}]\n  nodeName: {node}\n"
-        ),
-    )?;
+    write(&file, &nodeport_yaml(pod, &node, 30091))?;
     let proxy = |extra: &[&str]| {
         let mut command = lab.node1.command(BIN);
         command

@@ -2419,47 +2419,7 @@ pub async fn port_forward_over_spdy(lab: &mut Lab) -> Result<()> {
     ensure!(data == b"spdy ping\n", "{data:?}");
 
     // `ferrokube crictl port-forward --transport spdy` in the lab namespace.
-    let socket = format!("unix://{}", lab.dir.path().join("cri.sock").display());
-    let child = std::process::Command::new("nsenter")
-        .arg(format!("--net={}", lab.node.path().display()))
-        .arg("--")
-        .arg(crate::harness::BIN)
-        .args([
-            "crictl",
-            "--runtime-endpoint",
-            &socket,
-            "port-forward",
-            "--transport",
-            "spdy",
-            &pod_id,
-            "18081:8080",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let mut forwarder = KillOnDrop(child);
-    let stdout = forwarder.0.stdout.take().context("stdout")?;
-    let line = tokio::task::block_in_place(|| -> Result<String> {
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
-        Ok(line)
-    })?;
-    ensure!(line.contains("127.0.0.1:18081 -> 8080"), "{line:?}");
-    let echoed = lab.node.run_in(|| {
-        let mut conn = TcpStream::connect("127.0.0.1:18081")?;
-        conn.set_read_timeout(Some(Duration::from_secs(20)))?;
-        conn.write_all(b"spdy via crictl\n")?;
-        let mut got = Vec::new();
-        let mut buf = [0u8; 64];
-        while !got.ends_with(b"spdy via crictl\n") {
-            let n = conn.read(&mut buf)?;
-            ensure!(n > 0, "closed after {got:?}");
-            got.extend_from_slice(&buf[..n]);
-        }
-        Ok(got)
-    })?;
-    ensure!(echoed == b"spdy via crictl\n", "{echoed:?}");
-    drop(forwarder);
+    crictl_port_forward_echoes(lab, &pod_id, 18081, Some("spdy"), b"spdy via crictl\n")?;
     remove_pod(lab, pod.0).await?;
     Ok(())
 }
@@ -2547,45 +2507,7 @@ pub async fn port_forward_over_websocket(lab: &mut Lab) -> Result<()> {
     ensure!(data == b"ping through\n", "{data:?}");
 
     // `ferrokube crictl port-forward` in the lab namespace: a local port relays to the pod.
-    let socket = format!("unix://{}", lab.dir.path().join("cri.sock").display());
-    let child = std::process::Command::new("nsenter")
-        .arg(format!("--net={}", lab.node.path().display()))
-        .arg("--")
-        .arg(crate::harness::BIN)
-        .args([
-            "crictl",
-            "--runtime-endpoint",
-            &socket,
-            "port-forward",
-            &pod_id,
-            "18080:8080",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let mut forwarder = KillOnDrop(child);
-    let stdout = forwarder.0.stdout.take().context("stdout")?;
-    let line = tokio::task::block_in_place(|| -> Result<String> {
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
-        Ok(line)
-    })?;
-    ensure!(line.contains("127.0.0.1:18080 -> 8080"), "{line:?}");
-    let echoed = lab.node.run_in(|| {
-        let mut conn = TcpStream::connect("127.0.0.1:18080")?;
-        conn.set_read_timeout(Some(Duration::from_secs(20)))?;
-        conn.write_all(b"via crictl\n")?;
-        let mut got = Vec::new();
-        let mut buf = [0u8; 64];
-        while !got.ends_with(b"via crictl\n") {
-            let n = conn.read(&mut buf)?;
-            ensure!(n > 0, "closed after {got:?}");
-            got.extend_from_slice(&buf[..n]);
-        }
-        Ok(got)
-    })?;
-    ensure!(echoed == b"via crictl\n", "{echoed:?}");
-    drop(forwarder);
+    crictl_port_forward_echoes(lab, &pod_id, 18080, None, b"via crictl\n")?;
 
     let unknown = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     is_code(
@@ -2602,6 +2524,59 @@ pub async fn port_forward_over_websocket(lab: &mut Lab) -> Result<()> {
 }
 
 /// A child process of the test, killed (by its PID) and reaped when dropped.
+/// Runs `ferrokube crictl port-forward [--transport T] POD LOCAL:8080` in the lab
+/// namespace, checks that it announces the relay, sends `message` through the local port
+/// and expects the pod's echo server to send it back; the forwarder is stopped on return.
+fn crictl_port_forward_echoes(
+    lab: &Lab,
+    pod_id: &str,
+    local: u16,
+    transport: Option<&str>,
+    message: &'static [u8],
+) -> Result<()> {
+    let socket = format!("unix://{}", lab.dir.path().join("cri.sock").display());
+    let mut command = std::process::Command::new("nsenter");
+    command
+        .arg(format!("--net={}", lab.node.path().display()))
+        .arg("--")
+        .arg(crate::harness::BIN)
+        .args(["crictl", "--runtime-endpoint", &socket, "port-forward"]);
+    if let Some(transport) = transport {
+        command.args(["--transport", transport]);
+    }
+    let child = command
+        .args([pod_id, &format!("{local}:8080")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut forwarder = KillOnDrop(child);
+    let stdout = forwarder.0.stdout.take().context("stdout")?;
+    let line = tokio::task::block_in_place(|| -> Result<String> {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+        Ok(line)
+    })?;
+    ensure!(
+        line.contains(&format!("127.0.0.1:{local} -> 8080")),
+        "{line:?}"
+    );
+    let echoed = lab.node.run_in(move || {
+        let mut conn = TcpStream::connect(("127.0.0.1", local))?;
+        conn.set_read_timeout(Some(Duration::from_secs(20)))?;
+        conn.write_all(message)?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while !got.ends_with(message) {
+            let n = conn.read(&mut buf)?;
+            ensure!(n > 0, "closed after {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        Ok(got)
+    })?;
+    ensure!(echoed == message, "{echoed:?}");
+    Ok(())
+}
+
 struct KillOnDrop(std::process::Child);
 
 impl Drop for KillOnDrop {

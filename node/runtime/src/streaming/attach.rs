@@ -195,11 +195,8 @@ pub async fn serve_spdy(
             });
             let input = async {
                 let mut resize_buf = Vec::new();
-                let events = futures::stream::iter(early.drain(..)).chain(futures::stream::unfold(
-                    &mut session.events,
-                    |events| async move { events.recv().await.map(|e| (e, events)) },
-                ));
-                let mut events = std::pin::pin!(events);
+                let mut events =
+                    std::pin::pin!(super::exec::client_events(&mut early, &mut session.events));
                 while let Some(event) = events.next().await {
                     match event {
                         Event::Data { id, data } if Some(id) == streams.stdin => {

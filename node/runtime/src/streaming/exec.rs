@@ -415,6 +415,18 @@ pub(super) async fn open_spdy_streams(
     Some((streams, early))
 }
 
+/// The client's SPDY events: those that arrived while the streams were being opened
+/// (`early`), then the session's, until it ends.
+pub(super) fn client_events<'a>(
+    early: &'a mut Vec<super::spdy::Event>,
+    events: &'a mut mpsc::Receiver<super::spdy::Event>,
+) -> impl futures::Stream<Item = super::spdy::Event> + 'a {
+    futures::stream::iter(early.drain(..))
+        .chain(futures::stream::unfold(events, |events| async move {
+            events.recv().await.map(|e| (e, events))
+        }))
+}
+
 /// Parses the resize messages complete in `buf` (a stream of JSON objects), leaving the
 /// rest.
 pub(super) fn take_resizes(buf: &mut Vec<u8>) -> Vec<Vec<u8>> {
@@ -507,11 +519,7 @@ pub async fn serve_spdy(
             };
             let input = async {
                 let mut resize_buf = Vec::new();
-                let events = futures::stream::iter(early.drain(..)).chain(futures::stream::unfold(
-                    &mut session.events,
-                    |events| async move { events.recv().await.map(|e| (e, events)) },
-                ));
-                let mut events = std::pin::pin!(events);
+                let mut events = std::pin::pin!(client_events(&mut early, &mut session.events));
                 while let Some(event) = events.next().await {
                     match event {
                         Event::Data { id, data } if Some(id) == streams.stdin => {
